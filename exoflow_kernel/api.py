@@ -1,0 +1,347 @@
+"""The verbs: everything ``exo.*`` exposes. Thin: each checks its input, then
+hands over to the store, the planner and the coordinator."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import re
+import shutil
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import cloudpickle
+import ray
+
+from . import blobs, commit, executor, recovery
+from . import context as _context
+from .coordinator import Coordinator, live, live_workflows, notify_event, register, task_row, unregister
+from .dag import Continuation, EventNode, Node, TaskFunction, TaskOptions, build_graph
+from .errors import (
+    CheckpointCorruptedError, EventError, InvalidOptionError, TaskNotFoundError, UnpicklableWorkflowError,
+    WorkflowCanceledError, WorkflowExistsError, WorkflowLiveError, WorkflowNotFinishedError,
+)
+from .store import Store
+
+_ID = re.compile(r"^[A-Za-z0-9_.:@+=-]{1,200}$")
+_lock = threading.RLock()
+_store: Store | None = None
+_ray_address: str | None = None
+
+
+class TaskRecord(NamedTuple):
+    """One task's lineage, as ``exo.lineage`` and ``exoflow lineage --json`` give it."""
+
+    task_id: str
+    name: str
+    state: str
+    attempts: int
+    checkpoint: str
+    effect: str | None
+    started_at: Any
+    finished_at: Any
+    output_bytes: int | None
+
+
+# -- set-up -------------------------------------------------------------------------
+
+
+def init(store: str | os.PathLike | None = None, *, ray_address: str | None = None) -> Store:
+    """Open (or switch to) a store; Ray starts on the first run, or joins ``ray_address``."""
+    global _store, _ray_address
+    root = Path(store or os.environ.get("EXOFLOW_STORE") or ".exoflow").expanduser().absolute()
+    with _lock:
+        _ray_address = ray_address or _ray_address
+        if _store is not None and _store.root == root:
+            return _store
+        if _store is not None:
+            busy = live_workflows(_store)
+            if busy:
+                raise WorkflowLiveError(busy[0], "this process", str(_store.root))
+            _store.close()
+            _store = None
+        _store = Store(root)
+        _store.live = lambda: live_workflows(_store)
+        _store.on_event = lambda wf, s=_store: notify_event(s, wf)
+        return _store
+
+
+def _current_store() -> Store:
+    return _store if _store is not None else init()
+
+
+def _ensure_ray(store: Store) -> None:
+    if executor.ensure_ray(_ray_address):
+        store.refresh_leftovers()
+
+
+def task(func: Callable | None = None, *, name: str | None = None, checkpoint: str | bool = "sync",
+         deterministic: bool = True, effect: str | None = None, max_retries: int = 3,
+         retry_exceptions: bool | tuple = False, wait_until_committed: tuple[str, ...] = (),
+         **ray_options: Any) -> Any:
+    """Decorate a function as a workflow task (``@exo.task`` or ``@exo.task(...)``)."""
+    options = TaskOptions(name, checkpoint, deterministic, effect, max_retries, retry_exceptions,
+                          wait_until_committed, ray_options)
+    if func is None:
+        return lambda f: TaskFunction(f, options)
+    return TaskFunction(func, options)
+
+
+def context() -> _context.TaskContext:
+    """Inside a task: its workflow_id, task_id, attempt, idempotency_key and ``write``."""
+    return _context.current()
+
+
+def continuation(node: Node) -> Continuation:
+    """Return this from a task to make its value that of ``node``'s sub-workflow."""
+    return Continuation(node)
+
+
+def wait_for_event(name: str) -> EventNode:
+    """A node whose value is the payload of event ``name`` (see ``send_event``)."""
+    return EventNode(name)
+
+
+# -- running ------------------------------------------------------------------------
+
+
+def run(node: Node, workflow_id: str | None = None) -> Any:
+    """Run a workflow to its result; the same id again returns the stored result."""
+    return run_async(node, workflow_id).result()
+
+
+def run_async(node: Node, workflow_id: str | None = None) -> concurrent.futures.Future:
+    """Start a workflow in the background; ``.result()`` waits for its value."""
+    store = _current_store()
+    if not isinstance(node, Node):
+        raise InvalidOptionError("node", node, "a node made with task.bind(...)")
+    workflow_id = _check_id(workflow_id or f"{node.task.name}-{uuid.uuid4().hex[:8]}")
+    graph = build_graph(node)
+    with _lock:
+        store.require_owner(workflow_id)
+        if store.exists(workflow_id):
+            _check_same_graph(store, workflow_id, graph)
+            return _continue(store, workflow_id, graph)
+        try:
+            dag = cloudpickle.dumps(node)
+        except Exception as exc:
+            raise UnpicklableWorkflowError(workflow_id, f"{type(exc).__name__}: {exc}") from None
+        commit.create_workflow(store, workflow_id, graph.root, dag, [task_row(graph, t) for t in graph.order()])
+        return _start(store, workflow_id, graph)
+
+
+def resume(workflow_id: str) -> Any:
+    """Carry on a workflow after a crash, a failure or a cancel; return its result."""
+    store = _current_store()
+    with _lock:
+        status_, _, dag, _ = store.workflow(workflow_id)
+        _check_not_live(store, workflow_id)
+        graph = build_graph(cloudpickle.loads(dag))
+        future = _continue(store, workflow_id, graph)
+    return future.result()
+
+
+def _continue(store: Store, workflow_id: str, graph) -> concurrent.futures.Future:
+    _check_not_live(store, workflow_id)
+    if store.workflow(workflow_id)[0] == "SUCCESSFUL":
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        future.set_result(output(workflow_id))
+        return future
+    return _start(store, workflow_id, graph)
+
+
+def _start(store: Store, workflow_id: str, graph) -> concurrent.futures.Future:
+    _ensure_ray(store)
+    snap = recovery.Snapshot.read(store, workflow_id)
+    plan = recovery.plan(workflow_id, graph, snap, store.blobs, {graph.root})
+    run_no = store.next_run(workflow_id)
+    coordinator = Coordinator(store, workflow_id, graph, run_no, snap, plan)
+    commit.start_run(store, workflow_id, run_no, plan.labels)
+    register(coordinator)
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    threading.Thread(target=_drive, args=(coordinator, future), name=f"exoflow-{workflow_id}", daemon=True).start()
+    return future
+
+
+def _drive(coordinator: Coordinator, future: concurrent.futures.Future) -> None:
+    store, wf = coordinator.store, coordinator.workflow_id
+    try:
+        coordinator.execute()
+        if coordinator.error is None:
+            value = ray.get(coordinator.root_value())
+            commit.finish_run(store, wf, "SUCCESSFUL", None)
+        else:
+            status_ = "CANCELED" if coordinator.canceled else "FAILED"
+            commit.finish_run(store, wf, status_, str(coordinator.error))
+    except BaseException as exc:  # the loop itself broke: leave the workflow resumable
+        unregister(coordinator)
+        future.set_exception(exc)
+        return
+    unregister(coordinator)
+    if coordinator.error is None:
+        future.set_result(value)
+    else:
+        future.set_exception(coordinator.error)
+
+
+def _check_id(workflow_id: Any) -> str:
+    if not isinstance(workflow_id, str) or not _ID.match(workflow_id):
+        raise InvalidOptionError("workflow_id", workflow_id,
+                                 "1-200 letters, digits or _ . : @ + = - (no spaces or slashes)")
+    return workflow_id
+
+
+def _check_same_graph(store: Store, workflow_id: str, graph) -> None:
+    stored = {row[0] for row in store.task_rows(workflow_id) if row[6] is None}
+    if stored != set(graph.nodes):
+        extra = sorted(set(graph.nodes) ^ stored)[:5]
+        raise WorkflowExistsError(workflow_id, f"tasks differ: {', '.join(extra)}")
+
+
+def _check_not_live(store: Store, workflow_id: str) -> None:
+    if live(store, workflow_id) is not None:
+        raise WorkflowLiveError(workflow_id, f"this process, pid {os.getpid()}", str(store.root))
+    if store.mode == "remote":
+        raise WorkflowLiveError(workflow_id, store.owner.describe(), str(store.root))
+
+
+# -- looking -------------------------------------------------------------------------
+
+
+def status(workflow_id: str) -> str:
+    """RUNNING, SUCCESSFUL, FAILED, RESUMABLE (its owner died) or CANCELED."""
+    store = _current_store()
+    stored = store.workflow(workflow_id)[0]
+    return _effective_status(store, workflow_id, stored)
+
+
+def _effective_status(store: Store, workflow_id: str, stored: str) -> str:
+    if stored not in ("RUNNING", "PENDING"):
+        return stored
+    running_here = live(store, workflow_id) is not None
+    running_there = store.mode == "remote" and workflow_id in store.query_live()
+    return "RUNNING" if running_here or running_there else "RESUMABLE"
+
+
+def list_workflows(status: str | None = None) -> list[tuple[str, str]]:
+    """[(workflow_id, status), ...], optionally only those with ``status``."""
+    store = _current_store()
+    rows = [(wf, _effective_status(store, wf, st)) for wf, st in store.list_workflows()]
+    return [r for r in rows if status is None or r[1] == status]
+
+
+def output(workflow_id: str, task: str | None = None) -> Any:
+    """The committed output of a task (default: the workflow's result)."""
+    store = _current_store()
+    _, root, _, _ = store.workflow(workflow_id)
+    task_id = _find_task(store, workflow_id, task) if task else root
+    checkpoints = store.checkpoints(workflow_id)
+    states = store.latest_states(workflow_id)
+    while True:
+        ckpt = checkpoints.get(task_id)
+        if ckpt is None:
+            raise WorkflowNotFinishedError(workflow_id, task_id, states.get(task_id, ("pending",))[0])
+        value = _read(workflow_id, task_id, store, ckpt)
+        if not isinstance(value, Continuation):
+            return value
+        task_id = build_graph(value.node, prefix=f"{task_id}/").root
+
+
+def _read(workflow_id: str, task_id: str, store: Store, ckpt) -> Any:
+    try:
+        if ckpt.inline is not None:
+            return blobs.loads(ckpt.inline)
+        return blobs.read_file(store.blobs / ckpt.location)
+    except blobs.BlobUnreadable as exc:
+        raise CheckpointCorruptedError(workflow_id, task_id, str(store.blobs), str(exc),
+                                       why="it cannot be read back here") from None
+
+
+def _find_task(store: Store, workflow_id: str, task: str) -> str:
+    rows = store.task_rows(workflow_id)
+    for row in rows:
+        if row[0] == task:
+            return task
+    for row in rows:
+        if row[1] == task:
+            return row[0]
+    raise TaskNotFoundError(workflow_id, task, [r[0] for r in rows])
+
+
+def lineage(workflow_id: str) -> list[TaskRecord]:
+    """One record per task: state (recovery-aware), attempts, timing, output size."""
+    store = _current_store()
+    live_now = status(workflow_id) == "RUNNING"
+    labels = store.last_plan(workflow_id)
+    last_run = store.next_run(workflow_id) - 1
+    return [TaskRecord(r[0], r[1], display_state(r[2], r[9], labels.get(r[0]), last_run, live_now), *r[3:9])
+            for r in store.lineage(workflow_id)]
+
+
+def display_state(log_state: str, run: int | None, label: str | None, last_run: int, live_now: bool) -> str:
+    """Map the stored log state and the last run's plan to a graph-legend state."""
+    if label in (recovery.RECOVERED, recovery.SKIPPED):
+        return label
+    if log_state in ("committed", "continued", "done"):
+        if run == last_run and label in (recovery.REEXECUTED, recovery.AMBIGUOUS, recovery.STALE):
+            return label
+        return "committed"
+    if log_state == "failed":
+        return "failed"
+    if label in (recovery.AMBIGUOUS, recovery.STALE):
+        return label
+    if log_state == "running" and live_now:
+        return "running"
+    return "pending"
+
+
+def sql(query: str) -> list[tuple]:
+    """A read query on the store (your ctx.write tables live in ``main``)."""
+    return _current_store().user_sql(query)
+
+
+def graph(workflow_id: str):
+    """A graphviz.Digraph of the workflow, coloured by recovery state, with a legend."""
+    from .graph import render
+
+    store = _current_store()
+    records = lineage(workflow_id)
+    edges = [(up, row[0]) for row in store.task_rows(workflow_id) for up in (row[5] or [])]
+    parents = [(row[6], row[0]) for row in store.task_rows(workflow_id) if row[6]]
+    return render(workflow_id, records, edges, parents)
+
+
+# -- changing -----------------------------------------------------------------------
+
+
+def cancel(workflow_id: str) -> None:
+    """Stop a running workflow (in-flight tasks are canceled); resume continues it."""
+    store = _current_store()
+    status_ = store.workflow(workflow_id)[0]
+    coordinator = live(store, workflow_id)
+    if coordinator is not None:
+        coordinator.cancel()
+    elif status_ in ("RUNNING", "PENDING", "FAILED"):
+        store.require_owner(workflow_id)
+        commit.finish_run(store, workflow_id, "CANCELED", str(WorkflowCanceledError(workflow_id)))
+
+
+def delete(workflow_id: str) -> None:
+    """Remove a workflow, its lineage and its checkpoints (not rows it wrote)."""
+    store = _current_store()
+    store.workflow(workflow_id)
+    _check_not_live(store, workflow_id)
+    store.delete(workflow_id)
+    shutil.rmtree(blobs.blob_path(store.blobs, workflow_id, "x", 0).parent, ignore_errors=True)
+
+
+def send_event(workflow_id: str, name: str, payload: Any = None) -> bool:
+    """Deliver an event durably; a resumed workflow never waits for it again."""
+    EventNode(name)  # validates the name
+    try:
+        data = cloudpickle.dumps(payload)
+    except Exception as exc:
+        raise EventError(workflow_id, name, f"the payload does not pickle ({type(exc).__name__}: {exc})") from None
+    return _current_store().send_event(workflow_id, name, data)

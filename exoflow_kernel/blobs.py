@@ -1,0 +1,110 @@
+"""Checkpoint payloads: checksummed blobs, as files or inline bytes.
+
+A blob is ``MAGIC | header | pickle | buffers... | crc32``. Large arrays travel
+as pickle-5 out-of-band buffers, written straight from their memory (no copy),
+so a big NumPy checkpoint costs about what the disk costs. Files are written to
+a temporary name, fsynced and renamed, so a reader sees a whole blob or none;
+any damage (truncation, a flipped byte, a missing file) reads as
+:class:`BlobUnreadable`, which the engine treats as "no checkpoint".
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import cloudpickle
+
+MAGIC = b"EXOBLOB1"
+INLINE_LIMIT = 64 * 1024  # smaller payloads ride in the group commit instead of a file
+_HEAD = struct.Struct("<IQ")  # number of buffers, pickle length
+_LEN = struct.Struct("<Q")
+_CRC = struct.Struct("<I")
+
+
+class BlobUnreadable(Exception):
+    """The blob is missing, truncated or fails its checksum."""
+
+
+def dumps_parts(value: Any) -> list[memoryview]:
+    """Pickle ``value`` into parts that can be written without copying big buffers."""
+    buffers: list[pickle.PickleBuffer] = []
+    body = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    raws = [b.raw() for b in buffers]
+    head = _HEAD.pack(len(raws), len(body)) + b"".join(_LEN.pack(r.nbytes) for r in raws)
+    return [memoryview(MAGIC + head), memoryview(body), *raws]
+
+
+def total_size(parts: list[memoryview]) -> int:
+    return sum(p.nbytes for p in parts) + _CRC.size
+
+
+def to_bytes(parts: list[memoryview]) -> bytes:
+    """Join parts into one inline blob (for small payloads)."""
+    out = io.BytesIO()
+    crc = 0
+    for part in parts:
+        out.write(part)
+        crc = zlib.crc32(part, crc)
+    out.write(_CRC.pack(crc))
+    return out.getvalue()
+
+
+def write_file(path: Path, parts: list[memoryview]) -> int:
+    """Write a blob durably (temp name, fsync, rename); return its crc32."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    crc = 0
+    with open(tmp, "wb", buffering=0) as f:
+        for part in parts:
+            f.write(part)
+            crc = zlib.crc32(part, crc)
+        f.write(_CRC.pack(crc))
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return crc
+
+
+def loads(data: bytes | memoryview) -> Any:
+    """Check and unpickle a whole blob held in memory."""
+    view = memoryview(data)
+    if len(view) < len(MAGIC) + _HEAD.size + _CRC.size or bytes(view[: len(MAGIC)]) != MAGIC:
+        raise BlobUnreadable("not an ExoFlow blob (bad header or too short)")
+    (crc,) = _CRC.unpack(view[-_CRC.size:])
+    if zlib.crc32(view[: -_CRC.size]) != crc:
+        raise BlobUnreadable("checksum mismatch (the file was changed or cut short)")
+    pos = len(MAGIC)
+    nbuf, body_len = _HEAD.unpack_from(view, pos)
+    pos += _HEAD.size
+    lengths = [_LEN.unpack_from(view, pos + i * _LEN.size)[0] for i in range(nbuf)]
+    pos += nbuf * _LEN.size
+    body = view[pos : pos + body_len]
+    pos += body_len
+    buffers = []
+    for n in lengths:
+        buffers.append(view[pos : pos + n])
+        pos += n
+    if pos != len(view) - _CRC.size:
+        raise BlobUnreadable("length mismatch (the file was cut short)")
+    return pickle.loads(body, buffers=buffers)
+
+
+def read_file(path: Path) -> Any:
+    try:
+        with open(path, "rb") as f:
+            data = bytearray(os.fstat(f.fileno()).st_size)
+            f.readinto(data)
+    except FileNotFoundError as exc:
+        raise BlobUnreadable(f"file is missing: {path}") from exc
+    return loads(data)
+
+
+def blob_path(root: Path, workflow_id: str, task_id: str, run: int) -> Path:
+    """Where a task's checkpoint of a given run lives (ids quoted to be file-safe)."""
+    return root / quote(workflow_id, safe="") / f"{quote(task_id, safe='')}.r{run}.blob"

@@ -1,0 +1,220 @@
+"""Tasks, their options, lazy nodes, and the workflow graph built from them.
+
+A ``@exo.task`` function is a :class:`TaskFunction`; ``f.bind(...)`` makes a
+:class:`Node` without running anything. :func:`build_graph` walks the nodes
+reachable from a root and gives every node a stable task id (its name, with
+``.1``, ``.2``... for repeats in bind order), so a resumed process that rebuilds
+the same graph finds the same ids in the store.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterator
+
+import networkx as nx
+
+from .errors import CycleError, InvalidOptionError
+
+_CHECKPOINT_MODES = ("sync", "async", False)
+_EFFECTS = (None, "transactional", "idempotent")
+_bind_counter = itertools.count()
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """What a task asks of the engine. Validated once, here."""
+
+    name: str | None = None
+    checkpoint: str | bool = "sync"
+    deterministic: bool = True
+    effect: str | None = None
+    max_retries: int = 3
+    retry_exceptions: bool | tuple = False
+    wait_until_committed: tuple[str, ...] = ()
+    ray_options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.checkpoint is True:
+            object.__setattr__(self, "checkpoint", "sync")
+        if self.checkpoint not in _CHECKPOINT_MODES:
+            raise InvalidOptionError("checkpoint", self.checkpoint, '"sync", "async" or False')
+        if self.effect not in _EFFECTS:
+            raise InvalidOptionError("effect", self.effect, 'None, "transactional" or "idempotent"')
+        if not isinstance(self.deterministic, bool):
+            raise InvalidOptionError("deterministic", self.deterministic, "True or False")
+        if not isinstance(self.max_retries, int) or isinstance(self.max_retries, bool) or self.max_retries < 0:
+            raise InvalidOptionError("max_retries", self.max_retries, "an integer >= 0")
+        if self.name is not None and (not isinstance(self.name, str) or not _valid_name(self.name)):
+            raise InvalidOptionError("name", self.name, "a non-empty string without '/' or whitespace")
+        if isinstance(self.wait_until_committed, str):
+            object.__setattr__(self, "wait_until_committed", (self.wait_until_committed,))
+        object.__setattr__(self, "wait_until_committed", tuple(self.wait_until_committed))
+        self._check_combinations()
+
+    def _check_combinations(self) -> None:
+        if self.checkpoint is False and self.effect is not None:
+            raise InvalidOptionError(
+                "checkpoint", False,
+                f'"sync" or "async" for a task with effect={self.effect!r} '
+                "(its commit must be durable, or recovery would apply the effect twice)",
+            )
+        if not self.deterministic and self.checkpoint != "sync":
+            raise InvalidOptionError(
+                "checkpoint", self.checkpoint,
+                '"sync" for a task with deterministic=False (its output must be durable '
+                "before anything downstream commits)",
+            )
+
+    def merged(self, **changes: Any) -> "TaskOptions":
+        known = {f for f in self.__dataclass_fields__ if f != "ray_options"}
+        ours = {k: v for k, v in changes.items() if k in known}
+        ray_opts = {**self.ray_options, **{k: v for k, v in changes.items() if k not in known}}
+        return replace(self, **ours, ray_options=ray_opts)
+
+
+def _valid_name(name: str) -> bool:
+    return bool(name) and "/" not in name and not any(c.isspace() for c in name)
+
+
+class TaskFunction:
+    """A function turned into a workflow task by ``@exo.task``."""
+
+    def __init__(self, func: Callable, options: TaskOptions) -> None:
+        if not callable(func):
+            raise InvalidOptionError("task", func, "a function")
+        self.func = func
+        self.task_options = options
+        functools.update_wrapper(self, func)
+
+    @property
+    def name(self) -> str:
+        return self.task_options.name or getattr(self.func, "__name__", "task")
+
+    def bind(self, *args: Any, **kwargs: Any) -> "Node":
+        """Make a lazy node: nothing runs until ``exo.run``."""
+        return Node(self, args, kwargs)
+
+    def options(self, **changes: Any) -> "TaskFunction":
+        """A copy of this task with other options (Ray options pass through)."""
+        return TaskFunction(self.func, self.task_options.merged(**changes))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Calling a task directly runs the plain function, outside any workflow."""
+        return self.func(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<exo.task {self.name}>"
+
+
+class Node:
+    """One application of a task to arguments; arguments may be other nodes."""
+
+    def __init__(self, task: TaskFunction, args: tuple, kwargs: dict) -> None:
+        self.task = task
+        self.args = args
+        self.kwargs = kwargs
+        self.order = next(_bind_counter)
+
+    @property
+    def options(self) -> TaskOptions:
+        return self.task.task_options
+
+    def upstream(self) -> list["Node"]:
+        return [n for n in _walk((self.args, self.kwargs)) if isinstance(n, Node)]
+
+    def __repr__(self) -> str:
+        return f"<exo node {self.task.name}#{self.order}>"
+
+
+class EventNode(Node):
+    """A node whose value is the payload of a named event (``exo.wait_for_event``)."""
+
+    def __init__(self, event_name: str) -> None:
+        if not isinstance(event_name, str) or not _valid_name(event_name):
+            raise InvalidOptionError("event name", event_name, "a non-empty string without '/' or whitespace")
+        super().__init__(TaskFunction(_event_placeholder, TaskOptions(name=f"event:{event_name}")), (), {})
+        self.event_name = event_name
+
+
+def _event_placeholder() -> None:  # pragma: no cover - never executed, events are not Ray tasks
+    raise RuntimeError("event nodes are resolved by the coordinator")
+
+
+@dataclass
+class Continuation:
+    """Returned by a task to say: my value is the value of this sub-graph."""
+
+    node: Node
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.node, Node):
+            raise InvalidOptionError("continuation", self.node, "a node made with task.bind(...)")
+
+
+def _walk(obj: Any) -> Iterator[Any]:
+    """Yield every leaf of nested lists, tuples and dict values (nodes live there)."""
+    if isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from _walk(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _walk(item)
+    else:
+        yield obj
+
+
+@dataclass
+class Graph:
+    """The workflow DAG: nodes by task id, in a topological order."""
+
+    nodes: dict[str, Node]
+    ids: dict[int, str]
+    root: str
+    digraph: nx.DiGraph
+
+    def upstream(self, task_id: str) -> list[str]:
+        return list(self.digraph.predecessors(task_id))
+
+    def downstream(self, task_id: str) -> list[str]:
+        return list(self.digraph.successors(task_id))
+
+    def order(self) -> list[str]:
+        return list(nx.lexicographical_topological_sort(self.digraph, key=lambda t: self.nodes[t].order))
+
+
+def build_graph(root: Node, prefix: str = "") -> Graph:
+    """Collect the nodes reachable from ``root`` and give each a stable id."""
+    if not isinstance(root, Node):
+        raise InvalidOptionError("workflow root", root, "a node made with task.bind(...)")
+    found: dict[int, Node] = {}
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in found:
+            continue
+        found[id(node)] = node
+        stack.extend(node.upstream())
+    ids = _assign_ids(sorted(found.values(), key=lambda n: n.order), prefix)
+    digraph = nx.DiGraph()
+    for node in found.values():
+        digraph.add_node(ids[id(node)])
+        for up in node.upstream():
+            digraph.add_edge(ids[id(up)], ids[id(node)])
+    if not nx.is_directed_acyclic_graph(digraph):
+        raise CycleError([u for u, _ in nx.find_cycle(digraph)])
+    nodes = {ids[key]: node for key, node in found.items()}
+    return Graph(nodes=nodes, ids=ids, root=ids[id(root)], digraph=digraph)
+
+
+def _assign_ids(nodes: list[Node], prefix: str) -> dict[int, str]:
+    seen: dict[str, int] = {}
+    ids = {}
+    for node in nodes:
+        name = node.task.name
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        ids[id(node)] = prefix + (name if count == 0 else f"{name}.{count}")
+    return ids

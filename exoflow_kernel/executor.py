@@ -1,0 +1,158 @@
+"""The Ray side: what runs in workers, and starting or joining Ray.
+
+Each task runs as one Ray task with two returns: its *value* (handed to
+downstream tasks as an ObjectRef, never through the driver) and a small *meta*
+dict the coordinator waits on to commit (checkpoint location or inline bytes,
+transactional rows). A sync checkpoint is written here, by the worker that
+made the value, before the task returns; an async one by a separate Ray task
+(:func:`persist`) that runs off the critical path; a recovered value is read
+back by :func:`load`, also in a worker.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import ray
+
+from . import blobs
+from .context import TaskContext, activate, deactivate
+from .dag import Continuation
+from .errors import UnpicklableOutputError
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Placeholder in an argument template for the i-th upstream value."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Everything a worker needs to run one task, besides the function."""
+
+    workflow_id: str
+    task_id: str
+    run: int
+    attempt: int
+    args: tuple
+    kwargs: dict
+    checkpoint: str | bool
+    effect: str | None
+    blob_root: str
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """Value of a task that saw a continuation's placeholder: run it again later."""
+
+    task_id: str
+
+
+def fill(template: Any, values: tuple) -> Any:
+    """Put upstream values into an argument template (nested lists/dicts allowed)."""
+    if isinstance(template, Slot):
+        return values[template.index]
+    if isinstance(template, list):
+        return [fill(x, values) for x in template]
+    if isinstance(template, tuple):
+        return tuple(fill(x, values) for x in template)
+    if isinstance(template, dict):
+        return {k: fill(v, values) for k, v in template.items()}
+    return template
+
+
+def run_task(func: Callable, spec: Spec, *values: Any) -> tuple[Any, dict]:
+    """Body of every task: run the user's function, checkpoint, report."""
+    if any(isinstance(v, Deferred) for v in values):
+        return Deferred(spec.task_id), {"deferred": True}
+    started = time.time_ns() // 1000
+    ctx = TaskContext(spec.workflow_id, spec.task_id, spec.attempt, spec.effect)
+    token = activate(ctx)
+    try:
+        value = func(*fill(spec.args, values), **fill(spec.kwargs, values))
+    finally:
+        deactivate(token)
+    if isinstance(value, ray.ObjectRef):
+        value = ray.get(value)  # the engine owns durable values, not a worker that may die
+    meta: dict = {"writes": ctx.writes, "started": started}
+    if isinstance(value, Continuation):
+        meta.update(checkpoint_value(value, spec), continuation=True)
+        return Deferred(spec.task_id), meta
+    if spec.checkpoint == "sync":
+        meta.update(checkpoint_value(value, spec))
+    return value, meta
+
+
+def checkpoint_value(value: Any, spec: Spec) -> dict:
+    """Make a value durable: inline bytes if small, else a blob file."""
+    try:
+        parts = blobs.dumps_parts(value)
+    except Exception as exc:
+        raise UnpicklableOutputError(spec.workflow_id, spec.task_id, f"{type(exc).__name__}: {exc}") from None
+    size = blobs.total_size(parts)
+    if size <= blobs.INLINE_LIMIT:
+        return {"inline": blobs.to_bytes(parts), "size": size}
+    path = blobs.blob_path(Path(spec.blob_root), spec.workflow_id, spec.task_id, spec.run)
+    crc = blobs.write_file(path, parts)
+    return {"location": os.path.relpath(path, spec.blob_root), "size": size, "checksum": crc}
+
+
+@ray.remote
+def persist(value: Any, spec: Spec) -> dict:
+    """Async checkpoint: write a value that downstream tasks may already be using."""
+    if isinstance(value, Deferred):
+        return {"deferred": True}
+    return checkpoint_value(value, spec)
+
+
+@ray.remote(num_returns=2)
+def load(blob_root: str, location: str) -> tuple[Any, dict]:
+    """Read a checkpoint back; report damage instead of failing downstream tasks."""
+    try:
+        return blobs.read_file(Path(blob_root) / location), {"ok": True}
+    except blobs.BlobUnreadable as exc:
+        return None, {"ok": False, "reason": str(exc)}
+
+
+_remotes: dict[tuple, Any] = {}
+
+
+def remote_for(func: Callable, max_retries: int, retry_exceptions: Any, ray_options: dict) -> Any:
+    """One Ray remote function per (function, options): exported once, cheap to call."""
+    key = (func, max_retries, _freeze(retry_exceptions), _freeze(ray_options))
+    remote = _remotes.get(key)
+    if remote is None:
+        def body(spec: Spec, *values: Any) -> tuple[Any, dict]:
+            return run_task(func, spec, *values)
+
+        body.__name__ = body.__qualname__ = getattr(func, "__name__", "task")
+        remote = ray.remote(body).options(
+            num_returns=2, max_retries=max_retries, retry_exceptions=retry_exceptions, **ray_options
+        )
+        _remotes[key] = remote
+    return remote
+
+
+def _freeze(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in obj.items()))
+    if isinstance(obj, list):
+        return tuple(_freeze(x) for x in obj)
+    return obj
+
+
+def ensure_ray(address: str | None = None) -> bool:
+    """Join ``address``, or start a local Ray; return True if we started one."""
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return False
+    ray.init(include_dashboard=False, log_to_driver=True)
+    return True

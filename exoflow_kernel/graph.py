@@ -1,0 +1,38 @@
+"""Pictures of a workflow: a graphviz.Digraph coloured by recovery state."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import graphviz
+
+# state -> (fill colour, meaning). The widget and the CLI use the same table.
+LEGEND: dict[str, tuple[str, str]] = {
+    "pending": ("#e0e0e0", "not run yet"),
+    "running": ("#90caf9", "running now"),
+    "committed": ("#a5d6a7", "ran and committed"),
+    "recovered": ("#80deea", "loaded from checkpoint"),
+    "re-executed": ("#ffcc80", "ran again during recovery"),
+    "skipped": ("#f5f5f5", "not needed"),
+    "failed": ("#ef9a9a", "failed"),
+    "stale": ("#ce93d8", "code changed"),
+    "ambiguous": ("#fff176", "effect intent, no commit"),
+}
+
+
+def render(workflow_id: str, records: Iterable, edges: Iterable[tuple[str, str]],
+           parents: Iterable[tuple[str, str]] = ()) -> graphviz.Digraph:
+    dot = graphviz.Digraph(name=workflow_id, graph_attr={"rankdir": "LR", "label": workflow_id, "labelloc": "t"},
+                           node_attr={"shape": "box", "style": "rounded,filled", "fontname": "Helvetica"})
+    for rec in records:
+        colour = LEGEND.get(rec.state, LEGEND["pending"])[0]
+        dot.node(rec.task_id, f"{rec.task_id}\n{rec.state}", fillcolor=colour)
+    for src, dst in edges:
+        dot.edge(src, dst)
+    for parent, child in parents:
+        dot.edge(parent, child, style="dashed", arrowhead="none")
+    with dot.subgraph(name="cluster_legend") as legend:
+        legend.attr(label="legend", fontname="Helvetica")
+        for state, (colour, meaning) in LEGEND.items():
+            legend.node(f"legend:{state}", f"{state}: {meaning}", fillcolor=colour)
+    return dot

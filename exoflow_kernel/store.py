@@ -1,0 +1,336 @@
+"""The DuckDB lineage store: schema, and every query the engine and CLI make.
+
+Layout: ``<store>/lineage.duckdb`` (schema ``exoflow``, plus user tables that
+transactional effects write in ``main``) and ``<store>/blobs/``. Task history
+is append-only (``task_log``): a grouped commit is a handful of multi-row
+INSERTs, which DuckDB does cheaply, and nothing is ever updated in place on the
+hot path. The current state of a task is its latest log row.
+
+A process that cannot open the file because a live owner holds it gets a
+*remote* store: the same read methods, answered by the owner over its socket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import duckdb
+
+from . import owner as own
+from .errors import QueryError, StoreError, WorkflowLiveError, WorkflowNotFoundError
+
+SCHEMA = """
+create schema if not exists exoflow;
+create table if not exists exoflow.workflows(
+    workflow_id varchar, status varchar, root_task varchar, dag blob, error varchar,
+    created_at timestamp, updated_at timestamp);
+create table if not exists exoflow.tasks(
+    workflow_id varchar, task_id varchar, name varchar, checkpoint varchar,
+    deterministic boolean, effect varchar, upstream varchar[], parent varchar);
+create table if not exists exoflow.task_log(
+    workflow_id varchar, task_id varchar, run integer, seq bigint, state varchar,
+    location varchar, size bigint, checksum bigint, inline blob, error varchar, started bigint);
+create table if not exists exoflow.runs(
+    workflow_id varchar, run integer, started_at timestamp, owner varchar, plan json);
+create table if not exists exoflow.effects(
+    workflow_id varchar, task_id varchar, kind varchar, idempotency_key varchar,
+    phase varchar, run integer, recorded_at timestamp, rows_written bigint);
+create table if not exists exoflow.events(
+    workflow_id varchar, name varchar, payload blob, sent_at timestamp);
+create table if not exists exoflow.leases(
+    workflow_id varchar, owner varchar, pid integer, host varchar, run integer, acquired_at timestamp);
+create table if not exists exoflow.cells(
+    workflow_id varchar, task_id varchar, source varchar, source_hash varchar, run integer);
+"""
+
+LATEST = """
+with latest as (
+  select task_id, arg_max(state, seq) as state, arg_max(run, seq) as run,
+         count(distinct run) as dispatched,
+         least(min(seq) filter (where state = 'running'), max(started)) as started,
+         max(seq) filter (where state in ('committed', 'continued', 'done', 'failed')) as ended
+  from exoflow.task_log where workflow_id = $wf group by task_id)
+"""
+
+
+@dataclass
+class Checkpoint:
+    """Where a committed output lives: a file, or inline bytes."""
+
+    task_id: str
+    run: int
+    location: str | None
+    size: int
+    checksum: int | None
+    inline: bytes | None
+
+
+class Clock:
+    """Monotonic microsecond stamps, unique within a process (orders the log)."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> int:
+        with self._lock:
+            self._last = max(self._last + 1, time.time_ns() // 1000)
+            return self._last
+
+
+class Store:
+    """One store directory. ``mode`` is "owner" (we hold DuckDB) or "remote"."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.blobs = self.root / "blobs"
+        self.clock = Clock()
+        self.con: duckdb.DuckDBPyConnection | None = None
+        self.server: own.OwnerServer | None = None
+        self.owner: own.OwnerInfo | None = None
+        # Set by the layer that runs workflows (ground floor must not import it).
+        self.live: Callable[[], list[str]] = list
+        self.on_event: Callable[[str], None] = lambda workflow_id: None
+        self._prepare_dir()
+        self._open()
+
+    # -- opening --------------------------------------------------------------
+
+    def _prepare_dir(self) -> None:
+        try:
+            self.blobs.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".probe.{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise StoreError(str(self.root), f"the directory is not writable ({exc.strerror or exc})") from exc
+
+    def _open(self) -> None:
+        path = self.root / "lineage.duckdb"
+        try:
+            self.con = duckdb.connect(str(path))
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise StoreError(str(self.root), f"DuckDB cannot open {path.name}: {exc}") from exc
+            self.owner = own.read_owner(self.root)
+            if self.owner is None or not self.owner.alive():
+                raise StoreError(str(self.root), f"{path.name} is locked by another process: {exc}") from exc
+            self.mode = "remote"
+            return
+        except duckdb.Error as exc:
+            raise StoreError(str(self.root), f"{path.name} is not a readable DuckDB file ({exc})") from exc
+        self.mode = "owner"
+        self.con.execute(SCHEMA)
+        self._take_ownership()
+
+    def _take_ownership(self) -> None:
+        previous = own.read_owner(self.root)
+        if previous is not None and previous.pid != os.getpid() and not previous.alive():
+            own.kill_leftovers(previous)
+        path = own.socket_path(self.root)
+        self.server = own.OwnerServer(path, self._serve)
+        self.owner = own.me(path)
+        self.refresh_leftovers()
+
+    def refresh_leftovers(self) -> None:
+        """Record our Ray child processes, so a successor can clean them up."""
+        if self.mode == "owner" and self.owner is not None:
+            self.owner.leftovers = own.ray_descendants()
+            own.write_owner(self.root, self.owner)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        if self.con is not None:
+            self.con.close()
+            self.con = None
+            try:
+                (self.root / "owner.json").unlink()
+            except FileNotFoundError:
+                pass
+
+    def query_live(self) -> list[str]:
+        """Workflows the owner process is running right now."""
+        if self.mode == "remote":
+            return own.call(self.owner.socket, "live")
+        return self.live()
+
+    def require_owner(self, workflow_id: str | None = None) -> None:
+        if self.mode != "owner":
+            raise WorkflowLiveError(workflow_id, self.owner.describe() if self.owner else "?", str(self.root))
+
+    # -- queries ----------------------------------------------------------------
+
+    def query(self, sql: str, params: Sequence | dict | None = None) -> list[tuple]:
+        """A read query, here or at the owner."""
+        if self.mode == "remote":
+            return own.call(self.owner.socket, "query", sql, params)
+        cur = self.con.cursor()
+        try:
+            return cur.execute(sql, params).fetchall()
+        finally:
+            cur.close()
+
+    def user_sql(self, sql: str) -> list[tuple]:
+        """``exo.sql``: read-only statements on the store, for users."""
+        _check_read_only(sql)
+        return self.query(sql)
+
+    def _serve(self, op: str, *args: Any) -> Any:
+        if op == "query":
+            _check_read_only(args[0])
+            return self.query(*args)
+        if op == "send_event":
+            return self.send_event(*args)
+        if op == "live":
+            return self.live()
+        raise ValueError(f"unknown owner operation {op!r}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        cur = self.con.cursor()
+        cur.execute("begin transaction")
+        try:
+            yield cur
+        except BaseException:
+            cur.execute("rollback")
+            cur.close()
+            raise
+        cur.execute("commit")
+        cur.close()
+
+    # -- workflows ------------------------------------------------------------------
+
+    def workflow(self, workflow_id: str) -> tuple[str, str, bytes, str | None]:
+        """(status, root_task, dag, error) or WorkflowNotFoundError."""
+        rows = self.query(
+            "select status, root_task, dag, error from exoflow.workflows where workflow_id = ?", [workflow_id]
+        )
+        if not rows:
+            raise WorkflowNotFoundError(workflow_id, str(self.root))
+        return rows[0]
+
+    def exists(self, workflow_id: str) -> bool:
+        return bool(self.query("select 1 from exoflow.workflows where workflow_id = ?", [workflow_id]))
+
+    def list_workflows(self) -> list[tuple[str, str]]:
+        return self.query("select workflow_id, status from exoflow.workflows order by created_at, workflow_id")
+
+    def set_status(self, workflow_id: str, status: str, error: str | None = None) -> None:
+        with self.transaction() as cur:
+            cur.execute(
+                "update exoflow.workflows set status = ?, error = ?, updated_at = now() where workflow_id = ?",
+                [status, error, workflow_id],
+            )
+
+    def delete(self, workflow_id: str) -> None:
+        with self.transaction() as cur:
+            for table in ("workflows", "tasks", "task_log", "runs", "effects", "events", "leases", "cells"):
+                cur.execute(f"delete from exoflow.{table} where workflow_id = ?", [workflow_id])
+
+    def task_rows(self, workflow_id: str) -> list[tuple]:
+        """Static task info: (task_id, name, checkpoint, deterministic, effect, upstream, parent)."""
+        return self.query(
+            "select task_id, name, checkpoint, deterministic, effect, upstream, parent "
+            "from exoflow.tasks where workflow_id = ? order by rowid",
+            [workflow_id],
+        )
+
+    def latest_states(self, workflow_id: str) -> dict[str, tuple[str, int, int]]:
+        """task_id -> (latest state, run of that state, times dispatched)."""
+        rows = self.query(LATEST + "select task_id, state, run, dispatched from latest", {"wf": workflow_id})
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    def checkpoints(self, workflow_id: str) -> dict[str, Checkpoint]:
+        """The newest committed checkpoint of every task that has one."""
+        rows = self.query(
+            "select task_id, arg_max(run, seq), arg_max(location, seq), arg_max(size, seq), "
+            "arg_max(checksum, seq), arg_max(inline, seq) from exoflow.task_log "
+            "where workflow_id = ? and state in ('committed', 'continued') group by task_id",
+            [workflow_id],
+        )
+        return {r[0]: Checkpoint(*r) for r in rows}
+
+    def pending_intents(self, workflow_id: str) -> set[str]:
+        """Idempotent tasks with an intent row and no commit: ambiguous after a crash."""
+        rows = self.query(
+            "select task_id from exoflow.effects where workflow_id = ? and kind = 'idempotent' "
+            "group by task_id having count(*) filter (where phase = 'commit') = 0",
+            [workflow_id],
+        )
+        return {r[0] for r in rows}
+
+    def last_plan(self, workflow_id: str) -> dict[str, str]:
+        rows = self.query(
+            "select plan from exoflow.runs where workflow_id = ? order by run desc limit 1", [workflow_id]
+        )
+        return json.loads(rows[0][0]) if rows and rows[0][0] else {}
+
+    def next_run(self, workflow_id: str) -> int:
+        rows = self.query("select coalesce(max(run), 0) from exoflow.runs where workflow_id = ?", [workflow_id])
+        return rows[0][0] + 1
+
+    def lineage(self, workflow_id: str) -> list[tuple]:
+        """One row per task: task_id, name, state, attempts, checkpoint, effect,
+        started_at, finished_at, output_bytes, run of the latest state."""
+        self.workflow(workflow_id)
+        return self.query(
+            LATEST
+            + """, sizes as (
+              select task_id, arg_max(size, seq) as size from exoflow.task_log
+              where workflow_id = $wf and state in ('committed', 'continued') group by task_id)
+            select t.task_id, t.name, coalesce(l.state, 'pending'), coalesce(l.dispatched, 0),
+                   t.checkpoint, t.effect,
+                   make_timestamp(l.started), make_timestamp(l.ended), s.size, l.run
+            from exoflow.tasks t left join latest l using (task_id) left join sizes s using (task_id)
+            where t.workflow_id = $wf order by t.rowid""",
+            {"wf": workflow_id},
+        )
+
+    # -- events ------------------------------------------------------------------------
+
+    def send_event(self, workflow_id: str, name: str, payload: bytes) -> bool:
+        """Record an event durably; False if it was already there (first one wins)."""
+        if self.mode == "remote":
+            return own.call(self.owner.socket, "send_event", workflow_id, name, payload)
+        if not self.exists(workflow_id):
+            raise WorkflowNotFoundError(workflow_id, str(self.root))
+        with self.transaction() as cur:
+            seen = cur.execute(
+                "select 1 from exoflow.events where workflow_id = ? and name = ?", [workflow_id, name]
+            ).fetchall()
+            if seen:
+                return False
+            cur.execute("insert into exoflow.events values (?, ?, ?, now())", [workflow_id, name, payload])
+        self.on_event(workflow_id)
+        return True
+
+    def events(self, workflow_id: str, names: Sequence[str]) -> dict[str, bytes]:
+        if not names:
+            return {}
+        rows = self.query(
+            "select name, payload from exoflow.events where workflow_id = ? and list_contains(?, name)",
+            [workflow_id, list(names)],
+        )
+        return dict(rows)
+
+
+def _check_read_only(sql: str) -> None:
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryError(sql, f"it does not parse ({exc})") from exc
+    for st in statements:
+        if st.type.name not in ("SELECT", "EXPLAIN", "PRAGMA"):
+            raise QueryError(
+                sql, f"it is a {st.type.name} statement and exo.sql runs read queries only; "
+                "write rows from a task with effect='transactional' and ctx.write(...)"
+            )

@@ -1,0 +1,44 @@
+"""Shared fixtures: a real Ray (started once per session) and a fresh store per test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import exoflow_kernel as exo
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    """A fresh store directory, opened in this process (Ray is kept across tests)."""
+    path = tmp_path / "store"
+    exo.init(path)
+    return path
+
+
+@pytest.fixture
+def counter_dir(tmp_path: Path) -> Path:
+    """A folder where tasks append one line per real execution (see ``count``)."""
+    path = tmp_path / "counts"
+    path.mkdir()
+    return path
+
+
+def count(counter_dir: Path, name: str) -> int:
+    """How many times a task really ran: the lines it appended to its counter file."""
+    f = Path(counter_dir) / name
+    return len(f.read_text().splitlines()) if f.exists() else 0
+
+
+def run_script(code: str, store: Path, *, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run a driver script in a fresh Python process with EXOFLOW_STORE set."""
+    full_env = {**os.environ, "EXOFLOW_STORE": str(store), "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
