@@ -18,6 +18,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from . import faults
 from .store import Store
 
 _CHUNK = 400  # rows per multi-row INSERT
@@ -51,9 +52,12 @@ class Batch:
 
 def apply(store: Store, workflow_id: str, run: int, batch: Batch) -> list[tuple[str, str]]:
     """Write ``batch`` in one transaction; return tasks whose commit was refused."""
+    ids = [c.task_id for c in batch.commits]
     try:
         with store.transaction() as cur:
             _write(cur, store, workflow_id, run, batch)
+            faults.point("in-commit", ids)
+        faults.point("committed", ids)
         return []
     except duckdb.Error:
         if not any(c.meta.get("writes") for c in batch.commits):

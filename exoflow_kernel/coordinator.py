@@ -28,13 +28,16 @@ from typing import Any
 import cloudpickle
 import ray
 
-from . import blobs, commit, executor, recovery
+from . import blobs, commit, executor, faults, recovery
 from .context import TaskContext
 from .dag import Continuation, EventNode, Graph, Node, build_graph
 from .errors import CheckpointCorruptedError, ExoflowError, WorkflowCanceledError, WorkflowFailedError
 from .store import Store
 
-_LOG_RUNNING_AFTER = 1.0  # seconds a task runs before we record it as running
+# A task still running this many seconds after dispatch gets a 'running' log row,
+# so a crash shows it as re-executed. Shorter tasks are not logged (it would cost
+# a row per task); after a crash they show as pending, then committed.
+LOG_RUNNING_AFTER = 1.0
 _live: dict[tuple[str, str], "Coordinator"] = {}
 _live_lock = threading.Lock()
 
@@ -219,6 +222,7 @@ class Coordinator:
         spec = executor.Spec(self.workflow_id, run.task_id, self.run, attempt, args, kwargs,
                              opts.checkpoint, opts.effect, str(self.store.blobs))
         remote = executor.remote_for(run.node.task.func, opts.max_retries, opts.retry_exceptions, opts.ray_options)
+        faults.point("dispatch", run.task_id)
         run.value, meta_ref = remote.remote(spec, *refs)
         self.pending[meta_ref] = (run.task_id, "exec")
         if opts.checkpoint == "async":
@@ -264,6 +268,7 @@ class Coordinator:
                 self._failed(task_id, exc)
                 continue
             getattr(self, f"_on_{kind}")(self.tasks[task_id], meta)
+            faults.point("finished", task_id)
 
     def _on_exec(self, run: TaskRun, meta: dict) -> None:
         if meta.get("deferred"):
@@ -376,7 +381,7 @@ class Coordinator:
     def _log_long_running(self) -> None:
         now = time.monotonic()
         for run in self.tasks.values():
-            if run.phase == "running" and not run.logged_running and now - run.dispatched_at > _LOG_RUNNING_AFTER:
+            if run.phase == "running" and not run.logged_running and now - run.dispatched_at > LOG_RUNNING_AFTER:
                 run.logged_running = True
                 self.batch.dispatched.append(run.task_id)
 

@@ -15,6 +15,18 @@ import exoflow_kernel as exo
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ray_cluster():
+    """One local Ray for the in-process tests; workers can import the test modules."""
+    import ray
+
+    if not ray.is_initialized():
+        path = os.pathsep.join([str(ROOT / "tests"), str(ROOT)])
+        ray.init(include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     """A fresh store directory, opened in this process (Ray is kept across tests)."""

@@ -1,0 +1,235 @@
+"""The engine in one process: DAGs, options, checkpoints, effects, continuations, events."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+
+import exoflow_kernel as exo
+from conftest import count
+
+
+def tick(counter_dir: Path, name: str) -> None:
+    with open(Path(counter_dir) / name, "a") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+@exo.task
+def add(a, b):
+    return a + b
+
+
+@exo.task
+def counted(counter_dir, name, value):
+    tick(counter_dir, name)
+    return value
+
+
+@exo.task(effect="transactional")
+def save(counter_dir, rows):
+    tick(counter_dir, "save")
+    exo.context().write("sales", [dict(r, key=exo.context().idempotency_key) for r in rows])
+    return len(rows)
+
+
+@exo.task(deterministic=False)
+def noise(counter_dir):
+    tick(counter_dir, "noise")
+    return random.random()
+
+
+@exo.task
+def fib(n):
+    if n < 2:
+        return n
+    return exo.continuation(add.bind(fib.bind(n - 1), fib.bind(n - 2)))
+
+
+def test_run_returns_value_and_same_id_reuses_it(store, counter_dir):
+    node = add.bind(counted.bind(counter_dir, "a", 1), counted.bind(counter_dir, "b", 2))
+    assert exo.run(node, workflow_id="w") == 3
+    assert exo.run(node, workflow_id="w") == 3
+    assert exo.resume("w") == 3
+    assert (count(counter_dir, "a"), count(counter_dir, "b")) == (1, 1)
+    assert exo.status("w") == "SUCCESSFUL"
+    assert exo.output("w", task="counted") == 1
+    assert exo.output("w", task="counted.1") == 2
+
+
+def test_task_ids_are_stable_in_bind_order(store):
+    a = add.bind(1, 2)
+    b = add.bind(a, 3)
+    c = add.options(name="total").bind(b, add.bind(4, 5))
+    exo.run(c, workflow_id="ids")
+    ids = [r.task_id for r in exo.lineage("ids")]
+    assert ids == ["add", "add.1", "add.2", "total"]
+    assert exo.output("ids", task="total") == 15
+
+
+def test_every_checkpoint_mode_gives_the_same_result(store, counter_dir):
+    def pipeline(mode):
+        first = counted.options(name="first", checkpoint=mode).bind(counter_dir, f"first-{mode}", 10)
+        return add.options(checkpoint=mode).bind(first, 5)
+
+    results = {str(m): exo.run(pipeline(m), workflow_id=f"mode-{m}") for m in ("sync", "async", False)}
+    assert set(results.values()) == {15}
+    recs = {r.task_id: r for r in exo.lineage("mode-async")}
+    assert recs["first"].checkpoint == "async" and recs["first"].output_bytes > 0
+    off = {r.task_id: r for r in exo.lineage("mode-False")}
+    assert off["first"].checkpoint == "off" and off["first"].output_bytes is None
+
+
+def test_large_array_goes_to_a_blob_file_and_back(store):
+    @exo.task(checkpoint="async")
+    def make(n):
+        return np.arange(n, dtype=np.float64)
+
+    @exo.task
+    def total(arr):
+        return float(arr.sum())
+
+    n = 2_000_000
+    assert exo.run(total.bind(make.bind(n)), workflow_id="big") == float(n * (n - 1) / 2)
+    files = list((store / "blobs").rglob("*.blob"))
+    assert any(f.stat().st_size > 8 * n for f in files)
+    np.testing.assert_array_equal(exo.output("big", task="make"), np.arange(n, dtype=np.float64))
+
+
+def test_transactional_rows_land_once_with_the_commit(store, counter_dir):
+    rows = [{"id": i, "amount": i * 1.5} for i in range(5)]
+    assert exo.run(save.bind(counter_dir, rows), workflow_id="tx") == 5
+    assert exo.run(save.bind(counter_dir, rows), workflow_id="tx") == 5
+    assert exo.sql("select count(*), count(distinct id), min(key) from sales") == [(5, 5, "exo:tx:save")]
+    assert count(counter_dir, "save") == 1
+
+
+def test_write_outside_transactional_task_is_refused(store):
+    @exo.task
+    def sneaky():
+        exo.context().write("sales", [{"id": 1}])
+
+    with pytest.raises(exo.WriteNotAllowedError, match="effect='transactional'"):
+        exo.run(sneaky.bind(), workflow_id="sneaky")
+    assert exo.status("sneaky") == "FAILED"
+    assert exo.sql("select count(*) from information_schema.tables where table_name = 'sales'") == [(0,)]
+
+
+def test_idempotent_task_sees_a_stable_key(store):
+    @exo.task(effect="idempotent")
+    def charge(amount):
+        ctx = exo.context()
+        return (ctx.idempotency_key, ctx.attempt, amount)
+
+    key, attempt, amount = exo.run(charge.bind(10), workflow_id="pay")
+    assert key == "exo:pay:charge" and attempt == 1 and amount == 10
+    rows = exo.sql("select phase, idempotency_key from exoflow.effects where workflow_id = 'pay' order by phase")
+    assert rows == [("commit", key), ("intent", key)]
+
+
+def test_continuations_build_dynamic_workflows(store):
+    assert exo.run(fib.bind(6), workflow_id="fib") == 8
+    ids = {r.task_id for r in exo.lineage("fib")}
+    assert "fib/add" in ids and "fib/fib" in ids
+    assert exo.output("fib") == 8
+    assert exo.run(fib.bind(6), workflow_id="fib") == 8
+
+
+def test_downstream_of_a_continuation_gets_its_final_value(store):
+    assert exo.run(add.bind(fib.bind(5), 100), workflow_id="after-fib") == 105
+
+
+def test_events_are_durable_and_delivered(store):
+    node = add.bind(exo.wait_for_event("approved"), 1)
+    future = exo.run_async(node, workflow_id="ev")
+    deadline = time.time() + 30
+    while exo.status("ev") != "RUNNING" and time.time() < deadline:
+        time.sleep(0.05)
+    assert exo.status("ev") == "RUNNING"
+    assert exo.send_event("ev", "approved", 41) is True
+    assert future.result(timeout=60) == 42
+    assert exo.send_event("ev", "approved", 99) is False  # the first payload stays
+    assert exo.output("ev", task="event:approved") == 41
+
+
+def test_wait_until_committed_orders_tasks(store, counter_dir):
+    first = counted.options(name="first").bind(counter_dir, "first", 1)
+    second = counted.options(name="second", wait_until_committed=("first",)).bind(counter_dir, "second", 2)
+    assert exo.run(add.bind(first, second), workflow_id="wuc") == 3
+    recs = {r.task_id: r for r in exo.lineage("wuc")}
+    assert recs["second"].started_at >= recs["first"].finished_at
+
+
+def test_task_returning_an_object_ref_is_resolved(store):
+    @exo.task
+    def make_ref():
+        return ray.put({"x": 1})
+
+    assert exo.run(make_ref.bind(), workflow_id="ref") == {"x": 1}
+    assert exo.output("ref") == {"x": 1}
+
+
+def test_failure_then_resume_reruns_only_what_failed(store, counter_dir, tmp_path):
+    flag = tmp_path / "broken"
+    flag.write_text("1")
+
+    @exo.task(max_retries=0)
+    def fragile(x, flag_path):
+        if Path(flag_path).exists():
+            raise RuntimeError("disk on fire")
+        return x * 2
+
+    node = fragile.bind(counted.bind(counter_dir, "up", 21), str(flag))
+    with pytest.raises(exo.WorkflowFailedError, match="disk on fire") as info:
+        exo.run(node, workflow_id="frag")
+    assert info.value.task_id == "fragile"
+    assert exo.status("frag") == "FAILED"
+    flag.unlink()
+    assert exo.resume("frag") == 42
+    assert count(counter_dir, "up") == 1
+    states = {r.task_id: r.state for r in exo.lineage("frag")}
+    assert states == {"counted": "recovered", "fragile": "re-executed"}
+
+
+def test_cancel_stops_and_resume_finishes(store, counter_dir):
+    @exo.task
+    def slow(x):
+        time.sleep(30)
+        return x
+
+    gate = exo.wait_for_event("go")
+    future = exo.run_async(add.bind(gate, counted.bind(counter_dir, "c", 1)), workflow_id="cx")
+    while exo.status("cx") != "RUNNING":
+        time.sleep(0.05)
+    exo.cancel("cx")
+    with pytest.raises(exo.WorkflowCanceledError):
+        future.result(timeout=60)
+    assert exo.status("cx") == "CANCELED"
+    exo.send_event("cx", "go", 1)
+    assert exo.resume("cx") == 2
+
+
+def test_list_and_delete(store):
+    exo.run(add.bind(1, 1), workflow_id="keep")
+    exo.run(add.bind(2, 2), workflow_id="drop")
+    assert ("drop", "SUCCESSFUL") in exo.list_workflows()
+    exo.delete("drop")
+    assert exo.list_workflows() == [("keep", "SUCCESSFUL")]
+    assert exo.list_workflows(status="FAILED") == []
+    assert not (store / "blobs" / "drop").exists()
+    with pytest.raises(exo.WorkflowNotFoundError):
+        exo.status("drop")
+
+
+def test_graph_has_every_task_and_legend(store):
+    exo.run(fib.bind(3), workflow_id="g")
+    dot = exo.graph("g")
+    svg = dot.pipe(format="svg").decode()
+    for rec in exo.lineage("g"):
+        assert rec.task_id in svg
+    assert "legend" in svg and "ambiguous" in svg
