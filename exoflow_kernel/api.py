@@ -276,12 +276,20 @@ def lineage(workflow_id: str) -> list[TaskRecord]:
     live_now = status(workflow_id) == "RUNNING"
     labels = store.last_plan(workflow_id)
     last_run = store.next_run(workflow_id) - 1
-    return [TaskRecord(r[0], r[1], display_state(r[2], r[9], labels.get(r[0]), last_run, live_now), *r[3:9])
-            for r in store.lineage(workflow_id)]
+    started = blobs.read_started(store.blobs, workflow_id)
+    records = []
+    for r in store.lineage(workflow_id):
+        runs = started.get(r[0], set())
+        running = live_now and last_run in runs and not (r[9] == last_run and r[2] != "failed")
+        state = display_state(r[2], r[9], labels.get(r[0]), last_run, running)
+        records.append(TaskRecord(r[0], r[1], state, max(len(runs), r[3]), *r[4:9]))
+    return records
 
 
-def display_state(log_state: str, run: int | None, label: str | None, last_run: int, live_now: bool) -> str:
+def display_state(log_state: str, run: int | None, label: str | None, last_run: int, running: bool) -> str:
     """Map the stored log state and the last run's plan to a graph-legend state."""
+    if running:
+        return "running"
     if label in (recovery.RECOVERED, recovery.SKIPPED):
         return label
     if log_state in ("committed", "continued", "done"):
@@ -292,8 +300,6 @@ def display_state(log_state: str, run: int | None, label: str | None, last_run: 
         return "failed"
     if label in (recovery.AMBIGUOUS, recovery.STALE):
         return label
-    if log_state == "running" and live_now:
-        return "running"
     return "pending"
 
 

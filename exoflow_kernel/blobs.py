@@ -108,3 +108,22 @@ def read_file(path: Path) -> Any:
 def blob_path(root: Path, workflow_id: str, task_id: str, run: int) -> Path:
     """Where a task's checkpoint of a given run lives (ids quoted to be file-safe)."""
     return root / quote(workflow_id, safe="") / f"{quote(task_id, safe='')}.r{run}.blob"
+
+
+def started_log(root: Path, workflow_id: str) -> Path:
+    """The append-only file where workers note each task they start."""
+    return root / quote(workflow_id, safe="") / "started.log"
+
+
+def read_started(root: Path, workflow_id: str) -> dict[str, set[int]]:
+    """task_id -> runs in which it started (a torn last line is ignored)."""
+    out: dict[str, set[int]] = {}
+    try:
+        text = started_log(root, workflow_id).read_text()
+    except FileNotFoundError:
+        return out
+    for line in text.splitlines():
+        task_id, _, run = line.rpartition("\t")
+        if task_id and run.isdigit():
+            out.setdefault(task_id, set()).add(int(run))
+    return out

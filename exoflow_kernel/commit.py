@@ -1,7 +1,7 @@
 """The commit protocol: grouped DuckDB transactions.
 
-One transaction carries, for many tasks at once: their log rows (dispatched,
-committed with checkpoint metadata or inline bytes, failed), the rows their
+One transaction carries, for many tasks at once: their log rows (committed
+with checkpoint metadata or inline bytes, or failed), the rows their
 transactional effects write into user tables, effect intents and commits, and
 new task definitions (continuations). A task's checkpoint and its effect are
 therefore durable together or not at all. If a batch fails (say a task's rows
@@ -40,14 +40,13 @@ class Commit:
 class Batch:
     """Everything the next transaction will write."""
 
-    dispatched: list[str] = field(default_factory=list)
     intents: list[tuple[str, str]] = field(default_factory=list)
     commits: list[Commit] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
     new_tasks: list[tuple] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.dispatched or self.intents or self.commits or self.failures or self.new_tasks)
+        return bool(self.intents or self.commits or self.failures or self.new_tasks)
 
 
 def apply(store: Store, workflow_id: str, run: int, batch: Batch) -> list[tuple[str, str]]:
@@ -66,7 +65,7 @@ def apply(store: Store, workflow_id: str, run: int, batch: Batch) -> list[tuple[
 
 
 def _apply_one_by_one(store: Store, workflow_id: str, run: int, batch: Batch) -> list[tuple[str, str]]:
-    rest = Batch(batch.dispatched, batch.intents, [], batch.failures, batch.new_tasks)
+    rest = Batch(batch.intents, [], batch.failures, batch.new_tasks)
     with store.transaction() as cur:
         _write(cur, store, workflow_id, run, rest)
     refused = []
@@ -82,7 +81,7 @@ def _apply_one_by_one(store: Store, workflow_id: str, run: int, batch: Batch) ->
 def _write(cur: duckdb.DuckDBPyConnection, store: Store, wf: str, run: int, batch: Batch) -> None:
     if batch.new_tasks:
         _insert(cur, "exoflow.tasks", [(wf, *row) for row in batch.new_tasks])
-    log = [(wf, t, run, store.clock(), "running", None, None, None, None, None, None) for t in batch.dispatched]
+    log = []
     for commit in batch.commits:
         m = commit.meta
         log.append((wf, commit.task_id, run, store.clock(), commit.state, m.get("location"),

@@ -34,10 +34,6 @@ from .dag import Continuation, EventNode, Graph, Node, build_graph
 from .errors import CheckpointCorruptedError, ExoflowError, WorkflowCanceledError, WorkflowFailedError
 from .store import Store
 
-# A task still running this many seconds after dispatch gets a 'running' log row,
-# so a crash shows it as re-executed. Shorter tasks are not logged (it would cost
-# a row per task); after a crash they show as pending, then committed.
-LOG_RUNNING_AFTER = 1.0
 _live: dict[tuple[str, str], "Coordinator"] = {}
 _live_lock = threading.Lock()
 
@@ -70,8 +66,6 @@ class TaskRun:
     alias: str | None = None  # continuation: our value is this task's value
     meta: dict | None = None
     persisted: dict | None = None
-    dispatched_at: float = 0.0
-    logged_running: bool = False
     intent_durable: bool = False
     replay: bool = False
 
@@ -218,7 +212,7 @@ class Coordinator:
         refs: list[Any] = []
         args = self._template(run.node.args, refs)
         kwargs = self._template(run.node.kwargs, refs)
-        attempt = self.snapshot.states.get(run.task_id, (None, 0, 0))[2] + 1
+        attempt = len(self.snapshot.started.get(run.task_id, ())) + 1
         spec = executor.Spec(self.workflow_id, run.task_id, self.run, attempt, args, kwargs,
                              opts.checkpoint, opts.effect, str(self.store.blobs))
         remote = executor.remote_for(run.node.task.func, opts.max_retries, opts.retry_exceptions, opts.ray_options)
@@ -228,7 +222,6 @@ class Coordinator:
         if opts.checkpoint == "async":
             self.pending[executor.persist.remote(run.value, spec)] = (run.task_id, "persist")
         run.phase, run.meta, run.persisted = "running", None, None
-        run.dispatched_at = time.monotonic()
 
     def _template(self, obj: Any, refs: list) -> Any:
         if isinstance(obj, Node):
@@ -344,7 +337,6 @@ class Coordinator:
             if run.phase == "finished" and all(self._durable(u) or u in committing for u in self._commit_deps(task_id)):
                 committing.append(task_id)
                 self.batch.commits.append(self._commit_record(run))
-        self._log_long_running()
         if not self.batch:
             return
         batch, self.batch = self.batch, commit.Batch()
@@ -377,13 +369,6 @@ class Coordinator:
             state = "committed" if run.options.checkpoint else "done"
         key = self._key(run.task_id) if run.options.effect == "idempotent" else None
         return commit.Commit(run.task_id, state, meta, run.options.effect, key, apply_writes=not run.replay)
-
-    def _log_long_running(self) -> None:
-        now = time.monotonic()
-        for run in self.tasks.values():
-            if run.phase == "running" and not run.logged_running and now - run.dispatched_at > LOG_RUNNING_AFTER:
-                run.logged_running = True
-                self.batch.dispatched.append(run.task_id)
 
     def root_value(self) -> Any:
         return self._value(self.graph.root)

@@ -20,6 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import networkx as nx
+
+from . import blobs
 from .dag import Graph
 from .errors import CheckpointCorruptedError
 from .store import Checkpoint, Store
@@ -37,11 +40,12 @@ class Snapshot:
     states: dict[str, tuple[str, int, int]]
     checkpoints: dict[str, Checkpoint]
     intents: set[str]
+    started: dict[str, set[int]]
 
     @classmethod
     def read(cls, store: Store, workflow_id: str) -> "Snapshot":
         return cls(store.latest_states(workflow_id), store.checkpoints(workflow_id),
-                   store.pending_intents(workflow_id))
+                   store.pending_intents(workflow_id), blobs.read_started(store.blobs, workflow_id))
 
     def state(self, task_id: str) -> str | None:
         entry = self.states.get(task_id)
@@ -112,12 +116,10 @@ def _label(workflow_id: str, task_id: str, graph: Graph, snap: Snapshot, blob_ro
         return REEXECUTED
     if task_id in snap.intents:
         return AMBIGUOUS
-    return REEXECUTED if state is not None else PENDING
+    return REEXECUTED if state is not None or task_id in snap.started else PENDING
 
 
 def _with_downstream(graph: Graph, tasks: set[str]) -> set[str]:
-    import networkx as nx
-
     out = set()
     for t in tasks:
         if t in graph.nodes:

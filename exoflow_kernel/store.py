@@ -12,6 +12,7 @@ A process that cannot open the file because a live owner holds it gets a
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import threading
@@ -129,11 +130,13 @@ class Store:
         self.mode = "owner"
         self.con.execute(SCHEMA)
         self._take_ownership()
+        atexit.register(self.close)  # leave no socket or owner.json behind on a normal exit
 
     def _take_ownership(self) -> None:
         previous = own.read_owner(self.root)
         if previous is not None and previous.pid != os.getpid() and not previous.alive():
             own.kill_leftovers(previous)
+            Path(previous.socket).unlink(missing_ok=True)
         path = own.socket_path(self.root)
         self.server = own.OwnerServer(path, self._serve)
         self.owner = own.me(path)
@@ -146,6 +149,7 @@ class Store:
             own.write_owner(self.root, self.owner)
 
     def close(self) -> None:
+        atexit.unregister(self.close)
         if self.server is not None:
             self.server.close()
             self.server = None

@@ -16,7 +16,6 @@ import duckdb
 import psutil
 import pytest
 
-from exoflow_kernel.coordinator import LOG_RUNNING_AFTER
 from support.payments import PaymentService
 
 SCRIPT = Path(__file__).parent / "support" / "crash_workflow.py"
@@ -85,7 +84,6 @@ def crash(trial: Trial, crash_at: str | None = None, pause_at: str | None = None
         while not marker.exists() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)
         assert marker.exists(), f"driver never reached {pause_at}: {proc.communicate()[1][-2000:]}"
-        time.sleep(LOG_RUNNING_AFTER + 1.0)  # long enough for the engine to have logged it as running
         os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=300)
     assert proc.returncode == -signal.SIGKILL, f"driver was not killed (exit {proc.returncode})"
