@@ -16,6 +16,7 @@ import cloudpickle
 import ray
 
 from . import blobs, commit, executor, recovery
+from .render import render
 from . import context as _context
 from .coordinator import Coordinator, live, live_workflows, notify_event, register, task_row, unregister
 from .dag import Continuation, EventNode, Node, TaskFunction, TaskOptions, build_graph
@@ -117,7 +118,9 @@ def run_async(node: Node, workflow_id: str | None = None) -> concurrent.futures.
     store = _current_store()
     if not isinstance(node, Node):
         raise InvalidOptionError("node", node, "a node made with task.bind(...)")
-    workflow_id = _check_id(workflow_id or f"{node.task.name}-{uuid.uuid4().hex[:8]}")
+    if workflow_id is None:
+        workflow_id = f"{node.task.name}-{uuid.uuid4().hex[:8]}"
+    _check_id(workflow_id)
     graph = build_graph(node)
     with _lock:
         store.require_owner(workflow_id)
@@ -310,8 +313,6 @@ def sql(query: str) -> list[tuple]:
 
 def graph(workflow_id: str):
     """A graphviz.Digraph of the workflow, coloured by recovery state, with a legend."""
-    from .graph import render
-
     store = _current_store()
     records = lineage(workflow_id)
     edges = [(up, row[0]) for row in store.task_rows(workflow_id) for up in (row[5] or [])]

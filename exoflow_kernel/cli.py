@@ -34,7 +34,7 @@ from typing import Any, Iterator, Sequence, TextIO
 
 from . import api
 from .errors import ExoflowError, StoreError
-from .graph import LEGEND
+from .render import LEGEND
 
 EXIT_ERROR = 2
 # States whose work is behind us: durable, or not needed because what depends on it is.

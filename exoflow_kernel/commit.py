@@ -44,9 +44,10 @@ class Batch:
     commits: list[Commit] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
     new_tasks: list[tuple] = field(default_factory=list)
+    plan: dict[str, str] | None = None  # the run's recovery plan, when it changed
 
     def __bool__(self) -> bool:
-        return bool(self.intents or self.commits or self.failures or self.new_tasks)
+        return bool(self.intents or self.commits or self.failures or self.new_tasks or self.plan)
 
 
 def apply(store: Store, workflow_id: str, run: int, batch: Batch) -> list[tuple[str, str]]:
@@ -65,7 +66,7 @@ def apply(store: Store, workflow_id: str, run: int, batch: Batch) -> list[tuple[
 
 
 def _apply_one_by_one(store: Store, workflow_id: str, run: int, batch: Batch) -> list[tuple[str, str]]:
-    rest = Batch(batch.intents, [], batch.failures, batch.new_tasks)
+    rest = Batch(batch.intents, [], batch.failures, batch.new_tasks, batch.plan)
     with store.transaction() as cur:
         _write(cur, store, workflow_id, run, rest)
     refused = []
@@ -81,6 +82,9 @@ def _apply_one_by_one(store: Store, workflow_id: str, run: int, batch: Batch) ->
 def _write(cur: duckdb.DuckDBPyConnection, store: Store, wf: str, run: int, batch: Batch) -> None:
     if batch.new_tasks:
         _insert(cur, "exoflow.tasks", [(wf, *row) for row in batch.new_tasks])
+    if batch.plan is not None:
+        cur.execute("update exoflow.runs set plan = ? where workflow_id = ? and run = ?",
+                    [json.dumps(batch.plan), wf, run])
     log = []
     for commit in batch.commits:
         m = commit.meta

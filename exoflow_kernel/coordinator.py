@@ -142,6 +142,7 @@ class Coordinator:
         subplan = recovery.plan(self.workflow_id, sub, self.snapshot, self.store.blobs, {sub.root})
         self.plan.labels.update(subplan.labels)
         self.plan.replay |= subplan.replay
+        self.batch.plan = self.plan.labels
         self._adopt(sub, subplan)
 
     # -- the loop ---------------------------------------------------------------------
@@ -291,6 +292,7 @@ class Coordinator:
             return
         self.plan.labels[run.task_id] = run.label = recovery.REEXECUTED
         self.plan.replay.add(run.task_id)
+        self.batch.plan = self.plan.labels
         run.replay, run.phase, run.value = True, "waiting", None
 
     def _read_checkpoint_meta(self, meta: dict) -> Continuation:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from exoflow_kernel.graph import LEGEND
+from exoflow_kernel.render import LEGEND
 
 from conftest import ROOT, count, run_script
 

@@ -1,4 +1,7 @@
-"""Pictures of a workflow: a graphviz.Digraph coloured by recovery state."""
+"""Pictures of a workflow: a graphviz.Digraph coloured by recovery state.
+
+(Not named graph.py: that would shadow ``exo.graph`` once imported.)
+"""
 
 from __future__ import annotations
 
