@@ -71,6 +71,9 @@ def run_task(func: Callable, spec: Spec, *values: Any) -> tuple[Any, dict]:
     """Body of every task: run the user's function, checkpoint, report."""
     if any(isinstance(v, Deferred) for v in values):
         return Deferred(spec.task_id), {"deferred": True}
+    reused = reuse_checkpoint(spec)
+    if reused is not None:
+        return reused
     started = time.time_ns() // 1000
     note_started(spec)
     ctx = TaskContext(spec.workflow_id, spec.task_id, spec.attempt, spec.effect)
@@ -87,6 +90,29 @@ def run_task(func: Callable, spec: Spec, *values: Any) -> tuple[Any, dict]:
         return Deferred(spec.task_id), meta
     if spec.checkpoint == "sync":
         meta.update(checkpoint_value(value, spec))
+    return value, meta
+
+
+def reuse_checkpoint(spec: Spec) -> tuple[Any, dict] | None:
+    """If this run already wrote this task's blob, return it instead of running again.
+
+    That happens when Ray re-executes a finished task to rebuild a value lost
+    with its node (lineage reconstruction) or retries a worker that died after
+    writing: the stored value is the one downstream tasks may already have
+    seen. Effect tasks always re-run: their rows and keys are not in the blob,
+    and their commit (or the receiver's dedup) keeps them exactly once.
+    """
+    if not spec.checkpoint or spec.effect is not None:
+        return None
+    path = blobs.blob_path(Path(spec.blob_root), spec.workflow_id, spec.task_id, spec.run)
+    try:
+        value = blobs.read_file(path)
+    except blobs.BlobUnreadable:
+        return None
+    meta = {"reused": True, "location": os.path.relpath(path, spec.blob_root),
+            "size": path.stat().st_size, "checksum": None, "writes": []}
+    if isinstance(value, Continuation):
+        return Deferred(spec.task_id), {**meta, "continuation": True}
     return value, meta
 
 
