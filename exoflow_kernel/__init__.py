@@ -10,7 +10,7 @@
 """
 
 from .api import (
-    TaskRecord, cancel, context, continuation, delete, graph, init, lineage, list_workflows, output,
+    TaskRecord, cancel, close, context, continuation, delete, graph, init, lineage, list_workflows, output,
     resume, run, run_async, send_event, sql, status, task, wait_for_event,
 )
 from .errors import *  # noqa: F401,F403 - every error is part of the public surface
@@ -19,7 +19,7 @@ from .errors import ExoflowError
 __version__ = "0.1.0"
 
 __all__ = [
-    "TaskRecord", "cancel", "context", "continuation", "delete", "graph", "init", "lineage",
+    "TaskRecord", "cancel", "close", "context", "continuation", "delete", "graph", "init", "lineage",
     "list_workflows", "output", "resume", "run", "run_async", "send_event", "sql", "status", "task",
     "wait_for_event", "ExoflowError",
 ]

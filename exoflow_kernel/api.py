@@ -51,8 +51,19 @@ class TaskRecord(NamedTuple):
 
 def init(store: str | os.PathLike | None = None, *, ray_address: str | None = None) -> Store:
     """Open (or switch to) a store; Ray starts on the first run, or joins ``ray_address``."""
+    return open_store(store, ray_address=ray_address)
+
+
+def store_path(store: str | os.PathLike | None = None) -> Path:
+    """The store directory: the argument, else $EXOFLOW_STORE, else ./.exoflow."""
+    return Path(store or os.environ.get("EXOFLOW_STORE") or ".exoflow").expanduser().absolute()
+
+
+def open_store(store: str | os.PathLike | None = None, *, ray_address: str | None = None,
+               role: str = "writer") -> Store:
+    """``init`` with a role: a short-lived "reader" (the CLI) yields to writers."""
     global _store, _ray_address
-    root = Path(store or os.environ.get("EXOFLOW_STORE") or ".exoflow").expanduser().absolute()
+    root = store_path(store)
     with _lock:
         _ray_address = ray_address or _ray_address
         if _store is not None and _store.root == root:
@@ -63,10 +74,22 @@ def init(store: str | os.PathLike | None = None, *, ray_address: str | None = No
                 raise WorkflowLiveError(busy[0], "this process", str(_store.root))
             _store.close()
             _store = None
-        _store = Store(root)
+        _store = Store(root, role=role)
         _store.live = lambda: live_workflows(_store)
         _store.on_event = lambda wf, s=_store: notify_event(s, wf)
         return _store
+
+
+def close() -> None:
+    """Let go of the store (DuckDB file and owner socket) so another process can own it."""
+    global _store
+    with _lock:
+        if _store is not None:
+            busy = live_workflows(_store)
+            if busy:
+                raise WorkflowLiveError(busy[0], "this process", str(_store.root))
+            _store.close()
+            _store = None
 
 
 def _current_store() -> Store:
@@ -131,8 +154,7 @@ def run_async(node: Node, workflow_id: str | None = None) -> concurrent.futures.
             dag = cloudpickle.dumps(node)
         except Exception as exc:
             raise UnpicklableWorkflowError(workflow_id, f"{type(exc).__name__}: {exc}") from None
-        commit.create_workflow(store, workflow_id, graph.root, dag, [task_row(graph, t) for t in graph.order()])
-        return _start(store, workflow_id, graph)
+        return _start(store, workflow_id, graph, new=(graph.root, dag, [task_row(graph, t) for t in graph.order()]))
 
 
 def resume(workflow_id: str) -> Any:
@@ -155,13 +177,18 @@ def _continue(store: Store, workflow_id: str, graph) -> concurrent.futures.Futur
     return _start(store, workflow_id, graph)
 
 
-def _start(store: Store, workflow_id: str, graph) -> concurrent.futures.Future:
+def _start(store: Store, workflow_id: str, graph, new: tuple | None = None) -> concurrent.futures.Future:
+    """Plan (a new workflow: everything pending), record the run, start the coordinator."""
     _ensure_ray(store)
-    snap = recovery.Snapshot.read(store, workflow_id)
-    plan = recovery.plan(workflow_id, graph, snap, store.blobs, {graph.root})
-    run_no = store.next_run(workflow_id)
+    if new is None:
+        snap = recovery.Snapshot.read(store, workflow_id)
+        plan = recovery.plan(workflow_id, graph, snap, store.blobs, {graph.root})
+        run_no = store.next_run(workflow_id)
+    else:
+        snap, run_no = recovery.Snapshot.empty(), 1
+        plan = recovery.Plan(labels=dict.fromkeys(graph.nodes, recovery.PENDING))
+    commit.start_run(store, workflow_id, run_no, plan.labels, new)
     coordinator = Coordinator(store, workflow_id, graph, run_no, snap, plan)
-    commit.start_run(store, workflow_id, run_no, plan.labels)
     register(coordinator)
     future: concurrent.futures.Future = concurrent.futures.Future()
     threading.Thread(target=_drive, args=(coordinator, future), name=f"exoflow-{workflow_id}", daemon=True).start()

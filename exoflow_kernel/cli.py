@@ -106,26 +106,16 @@ def _parser() -> argparse.ArgumentParser:
 @contextmanager
 def _opened(store_arg: str | None) -> Iterator[Any]:
     """Open the store for one command and let go of it after, so we own it no longer than needed."""
-    root = Path(store_arg or os.environ.get("EXOFLOW_STORE") or ".exoflow").expanduser().absolute()
+    root = api.store_path(store_arg)
     if not (root / "lineage.duckdb").is_file():
         # exo.init would create an empty store here; a typo in --store should say so instead.
         raise StoreError(str(root), "there is no ExoFlow store here (no lineage.duckdb); "
                                     "pass the right --store DIR or set $EXOFLOW_STORE")
-    opened_here = api._store is None
-    store = api.init(root)
+    store = api.open_store(root, role="reader")
     try:
         yield store
     finally:
-        if opened_here:
-            _close(store)
-
-
-def _close(store: Any) -> None:
-    """Release DuckDB and our owner socket, so a notebook started next can own the store."""
-    with api._lock:
-        if api._store is store:
-            api._store = None
-    store.close()
+        api.close()  # a notebook started next can own the store
 
 
 # -- commands -------------------------------------------------------------------------

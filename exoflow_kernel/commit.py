@@ -12,6 +12,7 @@ guilty task fails.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ import pyarrow as pa
 from . import faults
 from .store import Store
 
-_CHUNK = 400  # rows per multi-row INSERT
+_FEW = 4  # up to this many rows, a VALUES list beats registering an Arrow table
 
 
 @dataclass
@@ -92,30 +93,30 @@ def _write(cur: duckdb.DuckDBPyConnection, store: Store, wf: str, run: int, batc
                     m.get("size"), m.get("checksum"), m.get("inline"), None, m.get("started")))
     log += [(wf, t, run, store.clock(), "failed", None, None, None, None, err, None) for t, err in batch.failures]
     _insert(cur, "exoflow.task_log", log)
-    effects = [(wf, t, "idempotent", key, "intent", run, None) for t, key in batch.intents]
+    now = datetime.now()
+    effects = [(wf, t, "idempotent", key, "intent", run, now, None) for t, key in batch.intents]
     for commit in batch.commits:
         if commit.effect is None or not commit.apply_writes:
             continue
         written = sum(_write_rows(cur, table, rows) for table, rows in commit.meta.get("writes", ()))
-        effects.append((wf, commit.task_id, commit.effect, commit.key, "commit", run, written))
-    if effects:
-        _insert(cur, "exoflow.effects", effects, extra="now()", at=6)
+        effects.append((wf, commit.task_id, commit.effect, commit.key, "commit", run, now, written))
+    _insert(cur, "exoflow.effects", effects)
 
 
-def _insert(cur: duckdb.DuckDBPyConnection, table: str, rows: list[tuple], extra: str | None = None,
-            at: int = -1) -> None:
-    """Multi-row INSERT ... VALUES: far cheaper in DuckDB than executemany."""
+def _insert(cur: duckdb.DuckDBPyConnection, table: str, rows: list[tuple]) -> None:
+    """Append rows: a VALUES list when few, else one Arrow table (flat cost in DuckDB)."""
     if not rows:
         return
-    width = len(rows[0])
-    marks = ["?"] * width
-    if extra is not None:
-        marks.insert(at, extra)
-    row_sql = "(" + ", ".join(marks) + ")"
-    for start in range(0, len(rows), _CHUNK):
-        chunk = rows[start : start + _CHUNK]
-        params: list[Any] = [v for row in chunk for v in row]
-        cur.execute(f"insert into {table} values " + ", ".join([row_sql] * len(chunk)), params)
+    if len(rows) <= _FEW:
+        marks = "(" + ", ".join("?" * len(rows[0])) + ")"
+        cur.execute(f"insert into {table} values " + ", ".join([marks] * len(rows)), [v for r in rows for v in r])
+        return
+    batch = pa.table({f"c{i}": pa.array(list(col)) for i, col in enumerate(zip(*rows))})
+    cur.register("_exoflow_batch", batch)
+    try:
+        cur.execute(f"insert into {table} select * from _exoflow_batch")
+    finally:
+        cur.unregister("_exoflow_batch")
 
 
 def _write_rows(cur: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> int:
@@ -129,10 +130,17 @@ def _write_rows(cur: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> i
     return rows.num_rows
 
 
-def start_run(store: Store, workflow_id: str, run: int, plan: dict[str, str]) -> None:
-    """Record a new run, its recovery plan, and our lease, in one transaction."""
+def start_run(store: Store, workflow_id: str, run: int, plan: dict[str, str],
+              new: tuple[str, bytes, list[tuple]] | None = None) -> None:
+    """Record a run, its recovery plan and our lease (and, for ``new=(root, dag, tasks)``,
+    the workflow itself) in one transaction."""
     owner = store.owner
     with store.transaction() as cur:
+        if new is not None:
+            root, dag, tasks = new
+            cur.execute("insert into exoflow.workflows values (?, 'RUNNING', ?, ?, null, now(), now())",
+                        [workflow_id, root, dag])
+            _insert(cur, "exoflow.tasks", [(workflow_id, *row) for row in tasks])
         cur.execute("insert into exoflow.runs values (?, ?, now(), ?, ?)",
                     [workflow_id, run, owner.describe(), json.dumps(plan)])
         cur.execute("delete from exoflow.leases where workflow_id = ?", [workflow_id])
@@ -148,10 +156,3 @@ def finish_run(store: Store, workflow_id: str, status: str, error: str | None) -
         cur.execute("delete from exoflow.leases where workflow_id = ?", [workflow_id])
         cur.execute("update exoflow.workflows set status = ?, error = ?, updated_at = now() "
                     "where workflow_id = ?", [status, error, workflow_id])
-
-
-def create_workflow(store: Store, workflow_id: str, root: str, dag: bytes, tasks: list[tuple]) -> None:
-    with store.transaction() as cur:
-        cur.execute("insert into exoflow.workflows values (?, 'PENDING', ?, ?, null, now(), now())",
-                    [workflow_id, root, dag])
-        _insert(cur, "exoflow.tasks", [(workflow_id, *row) for row in tasks])

@@ -6,10 +6,11 @@ It keeps Ray busy and DuckDB cheap at the same time:
   Ray chains tasks without waiting on us; only tasks that must not start early
   wait here: idempotent effects (intent durable, upstream committed first),
   ``wait_until_committed``, events, and values still being verified on load;
-* **collect** the small meta results of finished tasks with ``ray.wait``;
+* **collect** the small meta results of finished tasks, as Ray reports them done;
 * **commit** every finished task whose upstream is durable, in one grouped
-  transaction (:mod:`commit`), in topological order: so no downstream effect
-  is ever durable before the checkpoints it depends on.
+  transaction (:mod:`commit`) every ``COMMIT_INTERVAL`` at most, in
+  topological order: so no downstream effect is ever durable before the
+  checkpoints it depends on.
 
 Continuations are expanded here: a task that returned ``exo.continuation(n)``
 commits at once, its sub-graph joins the run under ``<task>/`` ids, and tasks
@@ -19,6 +20,7 @@ dispatched again with the real value.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,6 +36,8 @@ from .dag import Continuation, EventNode, Graph, Node, build_graph
 from .errors import CheckpointCorruptedError, ExoflowError, WorkflowCanceledError, WorkflowFailedError
 from .store import Store
 
+COMMIT_INTERVAL = 0.02  # seconds between grouped commits while tasks keep finishing
+WAIT_WINDOW = 4096  # oldest pending refs looked at per loop
 _live: dict[tuple[str, str], "Coordinator"] = {}
 _live_lock = threading.Lock()
 
@@ -51,7 +55,7 @@ def live(store: Store, workflow_id: str) -> "Coordinator | None":
 def notify_event(store: Store, workflow_id: str) -> None:
     coordinator = live(store, workflow_id)
     if coordinator is not None:
-        coordinator.wake.set()
+        coordinator.wake()
 
 
 @dataclass
@@ -68,6 +72,7 @@ class TaskRun:
     persisted: dict | None = None
     intent_durable: bool = False
     replay: bool = False
+    spec: executor.Spec | None = None
 
     @property
     def options(self):
@@ -83,13 +88,17 @@ class Coordinator:
     snapshot: recovery.Snapshot
     plan: recovery.Plan
     tasks: dict[str, TaskRun] = field(default_factory=dict)
-    order: list[str] = field(default_factory=list)
+    position: dict[str, int] = field(default_factory=dict)  # adoption order: topological
     ids: dict[int, str] = field(default_factory=dict)
-    pending: dict[Any, tuple[str, str]] = field(default_factory=dict)
+    pending: dict[Any, tuple[str, str]] = field(default_factory=dict)  # meta ref -> (task, kind)
+    wakeup: threading.Event = field(default_factory=threading.Event)
+    waiting: dict[str, None] = field(default_factory=dict)  # tasks not yet dispatched (ordered set)
+    finished: dict[str, None] = field(default_factory=dict)  # tasks done, not yet durable
+    open_tasks: int = 0  # tasks not yet durable
+    last_commit: float = 0.0
     batch: commit.Batch = field(default_factory=commit.Batch)
     error: ExoflowError | None = None
     canceled: bool = False
-    wake: threading.Event = field(default_factory=threading.Event)
 
     # -- set-up -------------------------------------------------------------------
 
@@ -102,26 +111,42 @@ class Coordinator:
         for task_id in graph.order():
             if task_id in self.tasks:
                 continue
-            run = TaskRun(task_id, graph.nodes[task_id], plan.labels[task_id], replay=task_id in plan.replay)
+            run = TaskRun(task_id, graph.nodes[task_id], plan.labels[task_id], phase="new",
+                          replay=task_id in plan.replay)
             run.intent_durable = task_id in self.snapshot.intents
             self.tasks[task_id] = run
-            self.order.append(task_id)
+            self.position[task_id] = len(self.position)
+            self.open_tasks += 1
             if run.label == recovery.SKIPPED:
-                run.phase = "durable"
+                self._set_phase(run, "durable")
             elif run.label == recovery.RECOVERED:
                 self._recover(run)
+            else:
+                self._set_phase(run, "waiting")
+
+    def _set_phase(self, run: TaskRun, phase: str) -> None:
+        """Every phase change passes here, keeping the waiting/finished sets exact."""
+        old, run.phase = run.phase, phase
+        for name, members in (("waiting", self.waiting), ("finished", self.finished)):
+            if old == name and phase != name:
+                del members[run.task_id]
+            elif phase == name and old != name:
+                members[run.task_id] = None
+        if phase == "durable" and old != "durable":
+            self.open_tasks -= 1
 
     def _recover(self, run: TaskRun) -> None:
         ckpt = self.snapshot.checkpoints[run.task_id]
-        run.phase = "durable"
         if self.snapshot.state(run.task_id) == "continued":
+            self._set_phase(run, "durable")
             self._expand(run, self._read_checkpoint(ckpt))
         elif ckpt.inline is not None:
             run.value = ray.put(blobs.loads(ckpt.inline))
+            self._set_phase(run, "durable")
         else:
-            run.phase = "loading"
+            self._set_phase(run, "loading")
             run.value, meta_ref = executor.load.remote(str(self.store.blobs), ckpt.location)
-            self.pending[meta_ref] = (run.task_id, "load")
+            self._watch(meta_ref, run.task_id, "load")
 
     def _read_checkpoint(self, ckpt) -> Any:
         if ckpt.inline is not None:
@@ -132,13 +157,9 @@ class Coordinator:
         """Graft a continuation's sub-graph under ``<parent>/``."""
         sub = build_graph(cont.node, prefix=f"{parent.task_id}/")
         parent.alias = sub.root
-        new = [t for t in sub.order() if t not in self.tasks]
-        known = set(self.snapshot.states)
-        self.batch.new_tasks += [task_row(sub, t, parent.task_id) for t in new if t not in known]
-        for t in sub.order():  # keep the shared graph complete for the planner and the picture
-            self.graph.nodes.setdefault(t, sub.nodes[t])
-        self.graph.digraph.add_edges_from(sub.digraph.edges)
-        self.graph.digraph.add_nodes_from(sub.digraph.nodes)
+        known = set(self.snapshot.states) | set(self.tasks)
+        self.batch.new_tasks += [task_row(sub, t, parent.task_id) for t in sub.order() if t not in known]
+        self.graph.graft(sub)
         subplan = recovery.plan(self.workflow_id, sub, self.snapshot, self.store.blobs, {sub.root})
         self.plan.labels.update(subplan.labels)
         self.plan.replay |= subplan.replay
@@ -150,21 +171,28 @@ class Coordinator:
     def execute(self) -> None:
         """Run until every task is durable, or a task fails, or we are canceled."""
         while True:
-            if not self.error and not self.canceled:
+            if not self.error:
                 self._dispatch_ready()
             if self._finished():
                 break
             self._collect()
-            self._commit()
+            if self._commit_due():
+                self._commit()
         self._commit()
 
     def _finished(self) -> bool:
-        if self.error or self.canceled:
+        if self.error:
             return not self.pending
-        return all(t.phase == "durable" for t in self.tasks.values()) and not self.pending
+        return self.open_tasks == 0 and not self.pending
+
+    def _commit_due(self) -> bool:
+        """Group commits: at most every COMMIT_INTERVAL, unless someone waits on durability."""
+        if self.batch.intents or self.error or not self.pending:
+            return True
+        return time.monotonic() - self.last_commit >= COMMIT_INTERVAL
 
     def _dispatch_ready(self) -> None:
-        for task_id in self.order:
+        for task_id in list(self.waiting):
             run = self.tasks[task_id]
             if run.phase != "waiting" or not self._ready(run):
                 continue
@@ -214,15 +242,20 @@ class Coordinator:
         args = self._template(run.node.args, refs)
         kwargs = self._template(run.node.kwargs, refs)
         attempt = len(self.snapshot.started.get(run.task_id, ())) + 1
-        spec = executor.Spec(self.workflow_id, run.task_id, self.run, attempt, args, kwargs,
-                             opts.checkpoint, opts.effect, str(self.store.blobs))
-        remote = executor.remote_for(run.node.task.func, opts.max_retries, opts.retry_exceptions, opts.ray_options)
+        run.spec = executor.Spec(self.workflow_id, run.task_id, self.run, attempt, args, kwargs,
+                                 opts.checkpoint, opts.effect, str(self.store.blobs))
         faults.point("dispatch", run.task_id)
-        run.value, meta_ref = remote.remote(spec, *refs)
-        self.pending[meta_ref] = (run.task_id, "exec")
-        if opts.checkpoint == "async":
-            self.pending[executor.persist.remote(run.value, spec)] = (run.task_id, "persist")
-        run.phase, run.meta, run.persisted = "running", None, None
+        run.value, meta_ref = executor.remote_for(run.node.task).remote(run.spec, *refs)
+        self._watch(meta_ref, run.task_id, "exec")
+        run.meta, run.persisted = None, None
+        self._set_phase(run, "running")
+
+    def _watch(self, ref: Any, task_id: str, kind: str) -> None:
+        self.pending[ref] = (task_id, kind)
+
+    def wake(self) -> None:
+        """Called from other threads (events, cancel) to make the loop look again."""
+        self.wakeup.set()
 
     def _template(self, obj: Any, refs: list) -> Any:
         if isinstance(obj, Node):
@@ -241,50 +274,54 @@ class Coordinator:
         value = cloudpickle.loads(payloads[run.node.event_name])
         run.value = ray.put(value)
         run.meta = {"inline": blobs.to_bytes(blobs.dumps_parts(value)), "started": int(time.time() * 1e6)}
-        run.phase = "finished"
+        self._set_phase(run, "finished")
 
     # -- collecting results -----------------------------------------------------------
 
     def _collect(self) -> None:
+        """Wait until the oldest pending refs are all ready or a commit is due; take what is.
+
+        One ``ray.wait`` per loop over a bounded window of refs: cheaper per task
+        than a callback per ref, and it never rescans a huge pending set.
+        """
         if not self.pending:
-            self.wake.wait(timeout=0.5 if not self.batch else 0)
-            self.wake.clear()
+            self.wakeup.wait(timeout=COMMIT_INTERVAL if self.batch else 0.5)
+            self.wakeup.clear()
             return
-        refs = list(self.pending)
-        ready, _ = ray.wait(refs, num_returns=1, timeout=0.5)
-        if ready:
-            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-        for ref in ready:
+        refs = list(itertools.islice(self.pending, WAIT_WINDOW))
+        timeout = max(0.0, COMMIT_INTERVAL - (time.monotonic() - self.last_commit))
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=True)
+        for ref, outcome in zip(ready, _get_each(ready)):
             task_id, kind = self.pending.pop(ref)
-            try:
-                meta = ray.get(ref)
-            except Exception as exc:  # the task failed after its retries, or was canceled
-                self._failed(task_id, exc)
+            if isinstance(outcome, Exception):  # the task failed after its retries, or was canceled
+                self._failed(task_id, outcome)
                 continue
-            getattr(self, f"_on_{kind}")(self.tasks[task_id], meta)
+            getattr(self, f"_on_{kind}")(self.tasks[task_id], outcome)
             faults.point("finished", task_id)
 
     def _on_exec(self, run: TaskRun, meta: dict) -> None:
         if meta.get("deferred"):
-            run.phase, run.value = "waiting", None
+            run.value = None
+            self._set_phase(run, "waiting")
             return
         run.meta = meta
         if meta.get("continuation"):
-            run.phase = "finished"
+            self._set_phase(run, "finished")
             self._expand(run, self._read_checkpoint_meta(meta))
-        elif run.options.checkpoint != "async" or run.persisted is not None:
-            run.phase = "finished"
+        elif meta.get("persist"):  # async and large: write it off the critical path
+            self._watch(executor.persist.remote(run.value, run.spec), run.task_id, "persist")
+        else:
+            self._set_phase(run, "finished")
 
     def _on_persist(self, run: TaskRun, meta: dict) -> None:
         if meta.get("deferred"):
             return
         run.persisted = meta
-        if run.meta is not None and run.phase == "running":
-            run.phase = "finished"
+        self._set_phase(run, "finished")
 
     def _on_load(self, run: TaskRun, meta: dict) -> None:
         if meta["ok"]:
-            run.phase = "durable"
+            self._set_phase(run, "durable")
             return
         if not run.options.deterministic:
             self._set_error(run.task_id, CheckpointCorruptedError(
@@ -293,7 +330,8 @@ class Coordinator:
         self.plan.labels[run.task_id] = run.label = recovery.REEXECUTED
         self.plan.replay.add(run.task_id)
         self.batch.plan = self.plan.labels
-        run.replay, run.phase, run.value = True, "waiting", None
+        run.replay, run.value = True, None
+        self._set_phase(run, "waiting")
 
     def _read_checkpoint_meta(self, meta: dict) -> Continuation:
         if meta.get("inline") is not None:
@@ -304,7 +342,7 @@ class Coordinator:
         if self.error is not None or isinstance(exc, ray.exceptions.TaskCancelledError):
             return  # downstream of the first failure, or stopped on purpose
         cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause else exc
-        self.tasks[task_id].phase = "failed"
+        self._set_phase(self.tasks[task_id], "failed")
         self.batch.failures.append((task_id, f"{type(cause).__name__}: {cause}"))
         if isinstance(cause, ExoflowError):
             self._set_error(task_id, cause)
@@ -320,7 +358,7 @@ class Coordinator:
         self.canceled = True
         self.error = self.error or WorkflowCanceledError(self.workflow_id)
         self._cancel_in_flight()
-        self.wake.set()
+        self.wake()
 
     def _cancel_in_flight(self) -> None:
         for run in self.tasks.values():
@@ -333,25 +371,22 @@ class Coordinator:
     # -- committing --------------------------------------------------------------------
 
     def _commit(self) -> None:
-        committing = []
-        for task_id in self.order:
-            run = self.tasks[task_id]
-            if run.phase == "finished" and all(self._durable(u) or u in committing for u in self._commit_deps(task_id)):
-                committing.append(task_id)
-                self.batch.commits.append(self._commit_record(run))
+        committing: dict[str, None] = {}
+        for task_id in sorted(self.finished, key=self.position.__getitem__):
+            if all(u in committing or self._durable(u) for u in self._commit_deps(task_id)):
+                committing[task_id] = None
+                self.batch.commits.append(self._commit_record(self.tasks[task_id]))
+        self.last_commit = time.monotonic()
         if not self.batch:
             return
         batch, self.batch = self.batch, commit.Batch()
-        refused = commit.apply(self.store, self.workflow_id, self.run, batch)
+        refused = dict(commit.apply(self.store, self.workflow_id, self.run, batch))
         for task_id in committing:
-            self.tasks[task_id].phase = "durable"
+            self._set_phase(self.tasks[task_id], "failed" if task_id in refused else "durable")
         for task_id, _ in batch.intents:
             self.tasks[task_id].intent_durable = True
-        for task_id, reason in refused:
-            self.tasks[task_id].phase = "failed"
+        for task_id, reason in refused.items():
             self._set_error(task_id, WorkflowFailedError(self.workflow_id, task_id, reason))
-        if batch.intents:
-            self.wake.set()
 
     def _commit_deps(self, task_id: str) -> list[str]:
         deps = []
@@ -374,6 +409,20 @@ class Coordinator:
 
     def root_value(self) -> Any:
         return self._value(self.graph.root)
+
+
+def _get_each(refs: list) -> list:
+    """Values of ready refs, one ``ray.get`` for all unless one of them failed."""
+    try:
+        return ray.get(refs)
+    except Exception:
+        out = []
+        for ref in refs:
+            try:
+                out.append(ray.get(ref))
+            except Exception as exc:
+                out.append(exc)
+        return out
 
 
 def task_row(graph: Graph, task_id: str, parent: str | None = None) -> tuple:

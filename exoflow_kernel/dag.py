@@ -168,21 +168,32 @@ def _walk(obj: Any) -> Iterator[Any]:
 
 @dataclass
 class Graph:
-    """The workflow DAG: nodes by task id, in a topological order."""
+    """The workflow DAG: nodes by task id, their edges, and one topological order."""
 
     nodes: dict[str, Node]
     ids: dict[int, str]
     root: str
     digraph: nx.DiGraph
+    topo: list[str]
 
     def upstream(self, task_id: str) -> list[str]:
-        return list(self.digraph.predecessors(task_id))
+        return list(self.digraph.pred[task_id])
 
     def downstream(self, task_id: str) -> list[str]:
-        return list(self.digraph.successors(task_id))
+        return list(self.digraph.succ[task_id])
 
     def order(self) -> list[str]:
-        return list(nx.lexicographical_topological_sort(self.digraph, key=lambda t: self.nodes[t].order))
+        return self.topo
+
+    def graft(self, sub: "Graph") -> None:
+        """Add a continuation's sub-graph (its tasks come after ours in the order)."""
+        self.ids.update(sub.ids)
+        for task_id in sub.topo:
+            if task_id not in self.nodes:
+                self.nodes[task_id] = sub.nodes[task_id]
+                self.topo.append(task_id)
+        self.digraph.add_nodes_from(sub.digraph.nodes)
+        self.digraph.add_edges_from(sub.digraph.edges)
 
 
 def build_graph(root: Node, prefix: str = "") -> Graph:
@@ -197,16 +208,16 @@ def build_graph(root: Node, prefix: str = "") -> Graph:
             continue
         found[id(node)] = node
         stack.extend(node.upstream())
-    ids = _assign_ids(sorted(found.values(), key=lambda n: n.order), prefix)
+    in_order = sorted(found.values(), key=lambda n: n.order)
+    ids = _assign_ids(in_order, prefix)
     digraph = nx.DiGraph()
-    for node in found.values():
-        digraph.add_node(ids[id(node)])
-        for up in node.upstream():
-            digraph.add_edge(ids[id(up)], ids[id(node)])
+    digraph.add_nodes_from(ids[id(n)] for n in in_order)
+    digraph.add_edges_from((ids[id(up)], ids[id(n)]) for n in in_order for up in n.upstream())
     if not nx.is_directed_acyclic_graph(digraph):
         raise CycleError([u for u, _ in nx.find_cycle(digraph)])
-    nodes = {ids[key]: node for key, node in found.items()}
-    return Graph(nodes=nodes, ids=ids, root=ids[id(root)], digraph=digraph)
+    # Bind order is topological: a node can only bind nodes that already exist.
+    topo = [ids[id(n)] for n in in_order]
+    return Graph(nodes={ids[id(n)]: n for n in in_order}, ids=ids, root=ids[id(root)], digraph=digraph, topo=topo)
 
 
 def _assign_ids(nodes: list[Node], prefix: str) -> dict[int, str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +22,7 @@ import ray
 
 from . import blobs
 from .context import TaskContext, activate, deactivate
-from .dag import Continuation
+from .dag import Continuation, TaskFunction
 from .errors import UnpicklableOutputError
 
 
@@ -88,8 +89,8 @@ def run_task(func: Callable, spec: Spec, *values: Any) -> tuple[Any, dict]:
     if isinstance(value, Continuation):
         meta.update(checkpoint_value(value, spec), continuation=True)
         return Deferred(spec.task_id), meta
-    if spec.checkpoint == "sync":
-        meta.update(checkpoint_value(value, spec))
+    if spec.checkpoint:
+        meta.update(checkpoint_value(value, spec, to_file=spec.checkpoint == "sync"))
     return value, meta
 
 
@@ -132,8 +133,14 @@ def note_started(spec: Spec) -> None:
         os.close(fd)
 
 
-def checkpoint_value(value: Any, spec: Spec) -> dict:
-    """Make a value durable: inline bytes if small, else a blob file."""
+def checkpoint_value(value: Any, spec: Spec, to_file: bool = True) -> dict:
+    """Make a value durable: inline bytes if small, else a blob file.
+
+    With ``to_file=False`` (async checkpoints) a large value is not written
+    here but marked ``persist``: the coordinator has :func:`persist` write it
+    while downstream tasks already run. A small one costs no more inline than
+    a marker would, so it rides with the meta either way.
+    """
     try:
         parts = blobs.dumps_parts(value)
     except Exception as exc:
@@ -141,6 +148,8 @@ def checkpoint_value(value: Any, spec: Spec) -> dict:
     size = blobs.total_size(parts)
     if size <= blobs.INLINE_LIMIT:
         return {"inline": blobs.to_bytes(parts), "size": size}
+    if not to_file:
+        return {"persist": True}
     path = blobs.blob_path(Path(spec.blob_root), spec.workflow_id, spec.task_id, spec.run)
     crc = blobs.write_file(path, parts)
     return {"location": os.path.relpath(path, spec.blob_root), "size": size, "checksum": crc}
@@ -163,31 +172,23 @@ def load(blob_root: str, location: str) -> tuple[Any, dict]:
         return None, {"ok": False, "reason": str(exc)}
 
 
-_remotes: dict[tuple, Any] = {}
+_remotes: "weakref.WeakKeyDictionary[TaskFunction, Any]" = weakref.WeakKeyDictionary()
 
 
-def remote_for(func: Callable, max_retries: int, retry_exceptions: Any, ray_options: dict) -> Any:
-    """One Ray remote function per (function, options): exported once, cheap to call."""
-    key = (func, max_retries, _freeze(retry_exceptions), _freeze(ray_options))
-    remote = _remotes.get(key)
+def remote_for(task: TaskFunction) -> Any:
+    """The Ray remote function of a task: exported once, cheap to call again."""
+    remote = _remotes.get(task)
     if remote is None:
+        func, opts = task.func, task.task_options
+
         def body(spec: Spec, *values: Any) -> tuple[Any, dict]:
             return run_task(func, spec, *values)
 
         body.__name__ = body.__qualname__ = getattr(func, "__name__", "task")
-        remote = ray.remote(body).options(
-            num_returns=2, max_retries=max_retries, retry_exceptions=retry_exceptions, **ray_options
-        )
-        _remotes[key] = remote
+        remote = ray.remote(body).options(num_returns=2, max_retries=opts.max_retries,
+                                          retry_exceptions=opts.retry_exceptions, **opts.ray_options)
+        _remotes[task] = remote
     return remote
-
-
-def _freeze(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return tuple(sorted((k, _freeze(v)) for k, v in obj.items()))
-    if isinstance(obj, list):
-        return tuple(_freeze(x) for x in obj)
-    return obj
 
 
 def ensure_ray(address: str | None = None) -> bool:

@@ -34,6 +34,7 @@ class OwnerInfo:
     create_time: float
     host: str
     socket: str
+    role: str = "writer"
     leftovers: list[tuple[int, float]] = field(default_factory=list)
 
     def describe(self) -> str:
@@ -67,9 +68,9 @@ def write_owner(root: Path, info: OwnerInfo) -> None:
     os.replace(tmp, root / "owner.json")
 
 
-def me(sock_path: str) -> OwnerInfo:
+def me(sock_path: str, role: str) -> OwnerInfo:
     proc = psutil.Process()
-    return OwnerInfo(os.getpid(), proc.create_time(), socket.gethostname(), sock_path)
+    return OwnerInfo(os.getpid(), proc.create_time(), socket.gethostname(), sock_path, role)
 
 
 def ray_descendants() -> list[tuple[int, float]]:
@@ -142,7 +143,8 @@ class OwnerServer:
         self.server = socketserver.ThreadingUnixStreamServer(path, _Handler)
         self.server.daemon_threads = True
         os.chmod(path, 0o600)
-        self.thread = threading.Thread(target=self.server.serve_forever, name="exoflow-owner", daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       name="exoflow-owner", daemon=True)
         self.thread.start()
 
     def close(self) -> None:
@@ -152,13 +154,20 @@ class OwnerServer:
             os.unlink(self.path)
 
 
+class OwnerUnreachable(Exception):
+    """The owner is alive but did not answer on its socket."""
+
+
 def call(path: str, op: str, *args: Any, timeout: float = 30.0) -> Any:
     """Ask the owner at ``path`` to run ``op``; re-raise its exception here."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(path)
-        _send(sock, (op, args))
-        ok, value = _recv(sock)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            _send(sock, (op, args))
+            ok, value = _recv(sock)
+    except (OSError, ConnectionError) as exc:
+        raise OwnerUnreachable(f"{type(exc).__name__}: {exc}") from None
     if not ok:
         raise value
     return value

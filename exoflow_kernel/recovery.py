@@ -47,6 +47,11 @@ class Snapshot:
         return cls(store.latest_states(workflow_id), store.checkpoints(workflow_id),
                    store.pending_intents(workflow_id), blobs.read_started(store.blobs, workflow_id))
 
+    @classmethod
+    def empty(cls) -> "Snapshot":
+        """A workflow that never ran: nothing to read."""
+        return cls({}, {}, set(), {})
+
     def state(self, task_id: str) -> str | None:
         entry = self.states.get(task_id)
         return entry[0] if entry else None

@@ -27,6 +27,8 @@ import duckdb
 from . import owner as own
 from .errors import QueryError, StoreError, WorkflowLiveError, WorkflowNotFoundError
 
+READER_GRACE = 10.0  # seconds a writer waits for a short-lived reader (the CLI) to let go
+
 SCHEMA = """
 create schema if not exists exoflow;
 create table if not exists exoflow.workflows(
@@ -89,7 +91,8 @@ class Clock:
 class Store:
     """One store directory. ``mode`` is "owner" (we hold DuckDB) or "remote"."""
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, role: str = "writer") -> None:
+        self.role = role
         self.root = Path(root).expanduser().absolute()
         self.blobs = self.root / "blobs"
         self.clock = Clock()
@@ -114,23 +117,31 @@ class Store:
             raise StoreError(str(self.root), f"the directory is not writable ({exc.strerror or exc})") from exc
 
     def _open(self) -> None:
+        deadline = time.monotonic() + READER_GRACE
+        while (con := self._connect()) is None:
+            if self.role == "reader" or self.owner.role != "reader" or time.monotonic() > deadline:
+                self.mode = "remote"
+                return
+            time.sleep(0.05)  # a CLI reader holds the file for a moment: a writer waits its turn
+        self.con, self.mode = con, "owner"
+        self.con.execute(SCHEMA)
+        self._take_ownership()
+        atexit.register(self.close)  # leave no socket or owner.json behind on a normal exit
+
+    def _connect(self) -> duckdb.DuckDBPyConnection | None:
+        """Open the DuckDB file, or return None if a live owner holds it."""
         path = self.root / "lineage.duckdb"
         try:
-            self.con = duckdb.connect(str(path))
+            return duckdb.connect(str(path))
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower():
                 raise StoreError(str(self.root), f"DuckDB cannot open {path.name}: {exc}") from exc
             self.owner = own.read_owner(self.root)
             if self.owner is None or not self.owner.alive():
                 raise StoreError(str(self.root), f"{path.name} is locked by another process: {exc}") from exc
-            self.mode = "remote"
-            return
+            return None
         except duckdb.Error as exc:
             raise StoreError(str(self.root), f"{path.name} is not a readable DuckDB file ({exc})") from exc
-        self.mode = "owner"
-        self.con.execute(SCHEMA)
-        self._take_ownership()
-        atexit.register(self.close)  # leave no socket or owner.json behind on a normal exit
 
     def _take_ownership(self) -> None:
         previous = own.read_owner(self.root)
@@ -139,7 +150,7 @@ class Store:
             Path(previous.socket).unlink(missing_ok=True)
         path = own.socket_path(self.root)
         self.server = own.OwnerServer(path, self._serve)
-        self.owner = own.me(path)
+        self.owner = own.me(path, self.role)
         self.refresh_leftovers()
 
     def refresh_leftovers(self) -> None:
@@ -164,7 +175,7 @@ class Store:
     def query_live(self) -> list[str]:
         """Workflows the owner process is running right now."""
         if self.mode == "remote":
-            return own.call(self.owner.socket, "live")
+            return self._call("live")
         return self.live()
 
     def require_owner(self, workflow_id: str | None = None) -> None:
@@ -173,10 +184,17 @@ class Store:
 
     # -- queries ----------------------------------------------------------------
 
+    def _call(self, op: str, *args: Any) -> Any:
+        try:
+            return own.call(self.owner.socket, op, *args)
+        except own.OwnerUnreachable as exc:
+            raise StoreError(str(self.root), f"its owner ({self.owner.describe()}) did not answer ({exc}); "
+                             "if that process is stuck, stop it and try again") from None
+
     def query(self, sql: str, params: Sequence | dict | None = None) -> list[tuple]:
         """A read query, here or at the owner."""
         if self.mode == "remote":
-            return own.call(self.owner.socket, "query", sql, params)
+            return self._call("query", sql, params)
         cur = self.con.cursor()
         try:
             return cur.execute(sql, params).fetchall()
@@ -304,7 +322,7 @@ class Store:
     def send_event(self, workflow_id: str, name: str, payload: bytes) -> bool:
         """Record an event durably; False if it was already there (first one wins)."""
         if self.mode == "remote":
-            return own.call(self.owner.socket, "send_event", workflow_id, name, payload)
+            return self._call("send_event", workflow_id, name, payload)
         if not self.exists(workflow_id):
             raise WorkflowNotFoundError(workflow_id, str(self.root))
         with self.transaction() as cur:

@@ -1,0 +1,45 @@
+"""Sharing a store between processes: one owner writes, others read through it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import exoflow_kernel as exo
+from exoflow_kernel.store import Store
+
+HOLD_AS_READER = """
+import sys, time
+from exoflow_kernel.store import Store
+s = Store(sys.argv[1], role="reader")
+print(s.mode, flush=True)
+time.sleep(float(sys.argv[2]))
+s.close()
+"""
+
+
+def test_a_writer_waits_for_a_short_lived_reader(tmp_path):
+    root = tmp_path / "store"
+    Store(root).close()  # create it
+    reader = subprocess.Popen([sys.executable, "-c", HOLD_AS_READER, str(root), "2"], stdout=subprocess.PIPE, text=True)
+    assert reader.stdout.readline().strip() == "owner"
+    store = Store(root)  # the reader lets go within READER_GRACE: we become the owner
+    try:
+        assert store.mode == "owner"
+        assert reader.wait(timeout=30) == 0
+    finally:
+        store.close()
+
+
+def test_a_reader_does_not_wait_for_a_writer(tmp_path):
+    root = tmp_path / "store"
+    writer = Store(root)
+    try:
+        with writer.transaction() as cur:
+            cur.execute("insert into exoflow.workflows values ('w', 'SUCCESSFUL', 'r', null, null, now(), now())")
+        proc = subprocess.run([sys.executable, "-c", (
+            "import sys; from exoflow_kernel.store import Store; s = Store(sys.argv[1], role='reader'); "
+            "print(s.mode, s.list_workflows())"), str(root)], capture_output=True, text=True, timeout=60)
+        assert proc.stdout.strip() == "remote [('w', 'SUCCESSFUL')]", proc.stderr
+    finally:
+        writer.close()
