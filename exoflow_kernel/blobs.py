@@ -35,7 +35,11 @@ class BlobUnreadable(Exception):
 def dumps_parts(value: Any) -> list[memoryview]:
     """Pickle ``value`` into parts that can be written without copying big buffers."""
     buffers: list[pickle.PickleBuffer] = []
-    body = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    try:  # the C pickler is several times faster on plain data...
+        body = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        buffers.clear()  # ...cloudpickle also handles lambdas and classes made at run time
+        body = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
     raws = [b.raw() for b in buffers]
     head = _HEAD.pack(len(raws), len(body)) + b"".join(_LEN.pack(r.nbytes) for r in raws)
     return [memoryview(MAGIC + head), memoryview(body), *raws]

@@ -89,6 +89,7 @@ class Coordinator:
     plan: recovery.Plan
     tasks: dict[str, TaskRun] = field(default_factory=dict)
     position: dict[str, int] = field(default_factory=dict)  # adoption order: topological
+    results: set[str] = field(default_factory=set)  # the root, and every continuation's root
     ids: dict[int, str] = field(default_factory=dict)
     pending: dict[Any, tuple[str, str]] = field(default_factory=dict)  # meta ref -> (task, kind)
     wakeup: threading.Event = field(default_factory=threading.Event)
@@ -103,6 +104,7 @@ class Coordinator:
     # -- set-up -------------------------------------------------------------------
 
     def __post_init__(self) -> None:
+        self.results.add(self.graph.root)
         self._adopt(self.graph, self.plan)
 
     def _adopt(self, graph: Graph, plan: recovery.Plan) -> None:
@@ -157,6 +159,7 @@ class Coordinator:
         """Graft a continuation's sub-graph under ``<parent>/``."""
         sub = build_graph(cont.node, prefix=f"{parent.task_id}/")
         parent.alias = sub.root
+        self.results.add(sub.root)
         known = set(self.snapshot.states) | set(self.tasks)
         self.batch.new_tasks += [task_row(sub, t, parent.task_id) for t in sub.order() if t not in known]
         self.graph.graft(sub)
@@ -243,7 +246,8 @@ class Coordinator:
         kwargs = self._template(run.node.kwargs, refs)
         attempt = len(self.snapshot.started.get(run.task_id, ())) + 1
         run.spec = executor.Spec(self.workflow_id, run.task_id, self.run, attempt, args, kwargs,
-                                 opts.checkpoint, opts.effect, str(self.store.blobs))
+                                 checkpoint_mode(opts, run.task_id in self.results), opts.effect,
+                                 str(self.store.blobs))
         faults.point("dispatch", run.task_id)
         run.value, meta_ref = executor.remote_for(run.node.task).remote(run.spec, *refs)
         self._watch(meta_ref, run.task_id, "exec")
@@ -403,7 +407,7 @@ class Coordinator:
         if meta.get("continuation"):
             state = "continued"
         else:
-            state = "committed" if run.options.checkpoint else "done"
+            state = "committed" if checkpoint_mode(run.options, run.task_id in self.results) else "done"
         key = self._key(run.task_id) if run.options.effect == "idempotent" else None
         return commit.Commit(run.task_id, state, meta, run.options.effect, key, apply_writes=not run.replay)
 
@@ -425,10 +429,17 @@ def _get_each(refs: list) -> list:
         return out
 
 
+def checkpoint_mode(opts, is_result: bool) -> str | bool:
+    """A task's checkpoint mode. A workflow's root (and a continuation's) always
+    checkpoints: it is the result that ``exo.run`` with the same id and
+    ``exo.output`` return without running anything again."""
+    return opts.checkpoint or ("sync" if is_result else False)
+
+
 def task_row(graph: Graph, task_id: str, parent: str | None = None) -> tuple:
     """Static description of a task, as stored in ``exoflow.tasks``."""
     opts = graph.nodes[task_id].options
-    checkpoint = opts.checkpoint if opts.checkpoint else "off"
+    checkpoint = checkpoint_mode(opts, task_id == graph.root) or "off"
     return (task_id, graph.nodes[task_id].task.name, checkpoint, opts.deterministic, opts.effect,
             graph.upstream(task_id), parent)
 

@@ -117,6 +117,9 @@ def reuse_checkpoint(spec: Spec) -> tuple[Any, dict] | None:
     return value, meta
 
 
+_started_paths: dict[tuple[str, str], Path] = {}  # per worker process: folders made once
+
+
 def note_started(spec: Spec) -> None:
     """Append "task, run" to the workflow's start log before the function runs.
 
@@ -124,8 +127,11 @@ def note_started(spec: Spec) -> None:
     death, not the machine's), so that after a crash recovery knows which tasks
     really started, without a DuckDB row per dispatch.
     """
-    path = blobs.started_log(Path(spec.blob_root), spec.workflow_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _started_paths.get((spec.blob_root, spec.workflow_id))
+    if path is None:
+        path = blobs.started_log(Path(spec.blob_root), spec.workflow_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _started_paths[(spec.blob_root, spec.workflow_id)] = path
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, f"{spec.task_id}\t{spec.run}\n".encode())

@@ -233,3 +233,11 @@ def test_graph_has_every_task_and_legend(store):
     for rec in exo.lineage("g"):
         assert rec.task_id in svg
     assert "legend" in svg and "ambiguous" in svg
+
+
+def test_a_root_without_checkpoint_still_keeps_the_result(store, counter_dir):
+    node = counted.options(checkpoint=False).bind(counter_dir, "root", 7)
+    assert exo.run(node, workflow_id="root-off") == 7
+    assert exo.run(node, workflow_id="root-off") == 7
+    assert exo.output("root-off") == 7
+    assert count(counter_dir, "root") == 1
