@@ -10,7 +10,7 @@ import shutil
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 import cloudpickle
 import ray
@@ -131,12 +131,19 @@ def wait_for_event(name: str) -> EventNode:
 # -- running ------------------------------------------------------------------------
 
 
-def run(node: Node, workflow_id: str | None = None) -> Any:
-    """Run a workflow to its result; the same id again returns the stored result."""
-    return run_async(node, workflow_id).result()
+def run(node: Node, workflow_id: str | None = None, *, changed: Iterable[str] | None = None) -> Any:
+    """Run a workflow to its result; the same id again returns the stored result.
+
+    ``changed`` is for tools that edit a workflow as it grows (the notebook):
+    with it, the same id may come with a different graph (new tasks join, the
+    stored graph is replaced), and the task ids listed run again even if they
+    committed, with everything downstream of them (shown as "stale").
+    """
+    return run_async(node, workflow_id, changed=changed).result()
 
 
-def run_async(node: Node, workflow_id: str | None = None) -> concurrent.futures.Future:
+def run_async(node: Node, workflow_id: str | None = None, *,
+              changed: Iterable[str] | None = None) -> concurrent.futures.Future:
     """Start a workflow in the background; ``.result()`` waits for its value."""
     store = _current_store()
     if not isinstance(node, Node):
@@ -147,24 +154,37 @@ def run_async(node: Node, workflow_id: str | None = None) -> concurrent.futures.
     graph = build_graph(node)
     with _lock:
         store.require_owner(workflow_id)
-        if store.exists(workflow_id):
+        dag = _pickle_graph(workflow_id, node)
+        rows = [task_row(graph, t) for t in graph.order()]
+        if not store.exists(workflow_id):
+            return _start(store, workflow_id, graph, new=(graph.root, dag, rows))
+        if changed is None:
             _check_same_graph(store, workflow_id, graph)
             return _continue(store, workflow_id, graph)
-        try:
-            dag = cloudpickle.dumps(node)
-        except Exception as exc:
-            raise UnpicklableWorkflowError(workflow_id, f"{type(exc).__name__}: {exc}") from None
-        return _start(store, workflow_id, graph, new=(graph.root, dag, [task_row(graph, t) for t in graph.order()]))
+        _check_not_live(store, workflow_id)
+        commit.replace_graph(store, workflow_id, graph.root, dag, rows)
+        return _start(store, workflow_id, graph, stale=set(changed))
+
+
+def _pickle_graph(workflow_id: str, node: Node) -> bytes:
+    try:
+        return cloudpickle.dumps(node)
+    except Exception as exc:
+        raise UnpicklableWorkflowError(workflow_id, f"{type(exc).__name__}: {exc}") from None
+
+
+def stored_graph(workflow_id: str):
+    """The graph a workflow was last run with, as ``resume`` rebuilds it (for tools)."""
+    return build_graph(cloudpickle.loads(_current_store().workflow(workflow_id)[2]))
 
 
 def resume(workflow_id: str) -> Any:
     """Carry on a workflow after a crash, a failure or a cancel; return its result."""
     store = _current_store()
     with _lock:
-        status_, _, dag, _ = store.workflow(workflow_id)
+        store.workflow(workflow_id)
         _check_not_live(store, workflow_id)
-        graph = build_graph(cloudpickle.loads(dag))
-        future = _continue(store, workflow_id, graph)
+        future = _continue(store, workflow_id, stored_graph(workflow_id))
     return future.result()
 
 
@@ -177,12 +197,13 @@ def _continue(store: Store, workflow_id: str, graph) -> concurrent.futures.Futur
     return _start(store, workflow_id, graph)
 
 
-def _start(store: Store, workflow_id: str, graph, new: tuple | None = None) -> concurrent.futures.Future:
+def _start(store: Store, workflow_id: str, graph, new: tuple | None = None,
+           stale: set[str] = frozenset()) -> concurrent.futures.Future:
     """Plan (a new workflow: everything pending), record the run, start the coordinator."""
     _ensure_ray(store)
     if new is None:
         snap = recovery.Snapshot.read(store, workflow_id)
-        plan = recovery.plan(workflow_id, graph, snap, store.blobs, {graph.root})
+        plan = recovery.plan(workflow_id, graph, snap, store.blobs, {graph.root}, stale)
         run_no = store.next_run(workflow_id)
     else:
         snap, run_no = recovery.Snapshot.empty(), 1

@@ -156,3 +156,12 @@ def finish_run(store: Store, workflow_id: str, status: str, error: str | None) -
         cur.execute("delete from exoflow.leases where workflow_id = ?", [workflow_id])
         cur.execute("update exoflow.workflows set status = ?, error = ?, updated_at = now() "
                     "where workflow_id = ?", [status, error, workflow_id])
+
+
+def replace_graph(store: Store, workflow_id: str, root: str, dag: bytes, tasks: list[tuple]) -> None:
+    """A workflow that grew (notebooks): store its new graph; add the tasks it did not have."""
+    known = {row[0] for row in store.task_rows(workflow_id)}
+    with store.transaction() as cur:
+        cur.execute("update exoflow.workflows set root_task = ?, dag = ?, updated_at = now() where workflow_id = ?",
+                    [root, dag, workflow_id])
+        _insert(cur, "exoflow.tasks", [(workflow_id, *row) for row in tasks if row[0] not in known])

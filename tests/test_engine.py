@@ -241,3 +241,18 @@ def test_a_root_without_checkpoint_still_keeps_the_result(store, counter_dir):
     assert exo.run(node, workflow_id="root-off") == 7
     assert exo.output("root-off") == 7
     assert count(counter_dir, "root") == 1
+
+
+def test_a_growing_workflow_reruns_only_what_changed(store, counter_dir):
+    a = counted.options(name="a").bind(counter_dir, "a", 1)
+    b = counted.options(name="b").bind(counter_dir, "b", 2)
+    assert exo.run(add.bind(a, b), workflow_id="grow", changed=()) == 3
+    b2 = counted.options(name="b").bind(counter_dir, "b", 20)  # the "cell" b was edited
+    c = counted.options(name="c").bind(counter_dir, "c", 300)   # and a new one added
+    assert exo.run(add.bind(add.bind(a, b2), c), workflow_id="grow", changed=["b"]) == 321
+    assert (count(counter_dir, "a"), count(counter_dir, "b"), count(counter_dir, "c")) == (1, 2, 1)
+    states = {r.task_id: r.state for r in exo.lineage("grow")}
+    assert states["a"] == "recovered" and states["b"] == "stale" and states["add"] == "stale"
+    assert exo.resume("grow") == 321
+    with pytest.raises(exo.WorkflowExistsError):
+        exo.run(add.bind(a, c), workflow_id="grow")  # without changed=, a different graph is refused
