@@ -68,12 +68,7 @@ def open_store(store: str | os.PathLike | None = None, *, ray_address: str | Non
         _ray_address = ray_address or _ray_address
         if _store is not None and _store.root == root:
             return _store
-        if _store is not None:
-            busy = live_workflows(_store)
-            if busy:
-                raise WorkflowLiveError(busy[0], "this process", str(_store.root))
-            _store.close()
-            _store = None
+        close()
         _store = Store(root, role=role)
         _store.live = lambda: live_workflows(_store)
         _store.on_event = lambda wf, s=_store: notify_event(s, wf)
@@ -81,7 +76,8 @@ def open_store(store: str | os.PathLike | None = None, *, ray_address: str | Non
 
 
 def close() -> None:
-    """Let go of the store (DuckDB file and owner socket) so another process can own it."""
+    """Let go of the store (DuckDB file and owner socket) so another process can own it.
+    Refused while a workflow of this process runs on it."""
     global _store
     with _lock:
         if _store is not None:

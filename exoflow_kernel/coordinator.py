@@ -36,7 +36,7 @@ from .dag import Continuation, EventNode, Graph, Node, build_graph
 from .errors import CheckpointCorruptedError, ExoflowError, WorkflowCanceledError, WorkflowFailedError
 from .store import Store
 
-COMMIT_INTERVAL = 0.02  # seconds between grouped commits while tasks keep finishing
+COMMIT_INTERVAL = 0.05  # seconds between grouped commits while tasks keep finishing
 WAIT_WINDOW = 4096  # oldest pending refs looked at per loop
 _live: dict[tuple[str, str], "Coordinator"] = {}
 _live_lock = threading.Lock()
