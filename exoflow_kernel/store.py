@@ -126,7 +126,7 @@ class Store:
         self.con, self.mode = con, "owner"
         self.con.execute(SCHEMA)
         self._take_ownership()
-        atexit.register(self.close)  # leave no socket or owner.json behind on a normal exit
+        atexit.register(self._close_at_exit)
 
     def _connect(self) -> duckdb.DuckDBPyConnection | None:
         """Open the DuckDB file, or return None if a live owner holds it."""
@@ -159,8 +159,14 @@ class Store:
             self.owner.leftovers = own.ray_descendants()
             own.write_owner(self.root, self.owner)
 
+    def _close_at_exit(self) -> None:
+        """Leave no socket or owner.json behind on a normal exit; but a workflow still
+        running in a daemon thread is left as a crash would leave it (resumable)."""
+        if not self.live():
+            self.close()
+
     def close(self) -> None:
-        atexit.unregister(self.close)
+        atexit.unregister(self._close_at_exit)
         if self.server is not None:
             self.server.close()
             self.server = None
