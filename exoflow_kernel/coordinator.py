@@ -160,7 +160,7 @@ class Coordinator:
         sub = build_graph(cont.node, prefix=f"{parent.task_id}/")
         parent.alias = sub.root
         self.results.add(sub.root)
-        known = set(self.snapshot.states) | set(self.tasks)
+        known = self.snapshot.defined | set(self.tasks)
         self.batch.new_tasks += [task_row(sub, t, parent.task_id) for t in sub.order() if t not in known]
         self.graph.graft(sub)
         subplan = recovery.plan(self.workflow_id, sub, self.snapshot, self.store.blobs, {sub.root})

@@ -41,16 +41,18 @@ class Snapshot:
     checkpoints: dict[str, Checkpoint]
     intents: set[str]
     started: dict[str, set[int]]
+    defined: set[str]  # task ids already in exoflow.tasks (continuations add theirs)
 
     @classmethod
     def read(cls, store: Store, workflow_id: str) -> "Snapshot":
         return cls(store.latest_states(workflow_id), store.checkpoints(workflow_id),
-                   store.pending_intents(workflow_id), blobs.read_started(store.blobs, workflow_id))
+                   store.pending_intents(workflow_id), blobs.read_started(store.blobs, workflow_id),
+                   {row[0] for row in store.task_rows(workflow_id)})
 
     @classmethod
     def empty(cls) -> "Snapshot":
         """A workflow that never ran: nothing to read."""
-        return cls({}, {}, set(), {})
+        return cls({}, {}, set(), {}, set())
 
     def state(self, task_id: str) -> str | None:
         entry = self.states.get(task_id)
