@@ -16,10 +16,10 @@ import cloudpickle
 import ray
 
 from . import blobs, commit, executor, recovery
-from .render import render
 from . import context as _context
 from .coordinator import Coordinator, live, live_workflows, notify_event, register, task_row, unregister
 from .dag import Continuation, EventNode, Node, TaskFunction, TaskOptions, build_graph
+from .render import render
 from .errors import (
     CheckpointCorruptedError, EventError, InvalidOptionError, TaskNotFoundError, UnpicklableWorkflowError,
     WorkflowCanceledError, WorkflowExistsError, WorkflowLiveError, WorkflowNotFinishedError,
@@ -150,15 +150,15 @@ def run_async(node: Node, workflow_id: str | None = None, *,
     graph = build_graph(node)
     with _lock:
         store.require_owner(workflow_id)
-        dag = _pickle_graph(workflow_id, node)
-        rows = [task_row(graph, t) for t in graph.order()]
-        if not store.exists(workflow_id):
-            return _start(store, workflow_id, graph, new=(graph.root, dag, rows))
-        if changed is None:
+        exists = store.exists(workflow_id)
+        if exists and changed is None:
             _check_same_graph(store, workflow_id, graph)
             return _continue(store, workflow_id, graph)
+        stored = (graph.root, _pickle_graph(workflow_id, node), [task_row(graph, t) for t in graph.order()])
+        if not exists:
+            return _start(store, workflow_id, graph, new=stored)
         _check_not_live(store, workflow_id)
-        commit.replace_graph(store, workflow_id, graph.root, dag, rows)
+        commit.replace_graph(store, workflow_id, *stored)
         return _start(store, workflow_id, graph, stale=set(changed))
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from dataclasses import dataclass, field
-from typing import Any
 
 import duckdb
 import pyarrow as pa

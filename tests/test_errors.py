@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import threading
 import time
 from pathlib import Path
@@ -11,9 +10,7 @@ from pathlib import Path
 import pytest
 
 import exoflow_kernel as exo
-from conftest import count, run_script
-from exoflow_kernel import blobs
-from exoflow_kernel.dag import build_graph
+from conftest import count
 
 
 @exo.task

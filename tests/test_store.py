@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import exoflow_kernel as exo
 from exoflow_kernel.store import Store
 
 HOLD_AS_READER = """
