@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence, TextIO
 
 from . import api
-from .errors import ExoflowError, StoreError
+from .errors import CliError, ExoflowError, StoreError
 from .render import LEGEND
 
 EXIT_ERROR = 2
@@ -45,10 +45,6 @@ STATUS_STATE = {
     "RESUMABLE": "re-executed", "CANCELED": "pending", "PENDING": "pending",
 }
 FIELDS = api.TaskRecord._fields
-
-
-class CliError(ExoflowError):
-    """A failure outside the engine (graphviz missing, output not writable)."""
 
 
 # -- entry ----------------------------------------------------------------------------
@@ -109,8 +105,8 @@ def _opened(store_arg: str | None) -> Iterator[Any]:
     root = api.store_path(store_arg)
     if not (root / "lineage.duckdb").is_file():
         # exo.init would create an empty store here; a typo in --store should say so instead.
-        raise StoreError(str(root), "there is no ExoFlow store here (no lineage.duckdb); "
-                                    "pass the right --store DIR or set $EXOFLOW_STORE")
+        raise StoreError(str(root), "there is no ExoFlow store here (no lineage.duckdb)",
+                         "Pass the right --store DIR or set $EXOFLOW_STORE.")
     store = api.open_store(root, role="reader")
     try:
         yield store

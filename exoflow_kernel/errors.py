@@ -176,10 +176,10 @@ class CheckpointCorruptedError(ExoflowError):
 class StoreError(ExoflowError, OSError):
     """The store directory cannot be used (unwritable, not a store, damaged)."""
 
-    def __init__(self, store: str, reason: str) -> None:
+    def __init__(self, store: str, reason: str,
+                 advice: str = "Pick a writable directory with exo.init(store=...) or $EXOFLOW_STORE.") -> None:
         super().__init__(
-            f"Cannot use the ExoFlow store at {store}: {reason}. "
-            "Pick a writable directory with exo.init(store=...) or $EXOFLOW_STORE.",
+            f"Cannot use the ExoFlow store at {store}: {reason}. {advice}".rstrip(),
             store=store,
             reason=reason,
         )
@@ -237,3 +237,7 @@ class UnpicklableWorkflowError(ExoflowError, TypeError):
             workflow_id=workflow_id,
             cause=cause,
         )
+
+
+class CliError(ExoflowError):
+    """A command-line failure outside the engine (graphviz missing, output not writable)."""

@@ -194,8 +194,8 @@ class Store:
         try:
             return own.call(self.owner.socket, op, *args)
         except own.OwnerUnreachable as exc:
-            raise StoreError(str(self.root), f"its owner ({self.owner.describe()}) did not answer ({exc}); "
-                             "if that process is stuck, stop it and try again") from None
+            raise StoreError(str(self.root), f"its owner ({self.owner.describe()}) did not answer ({exc})",
+                             "If that process is stuck, stop it and try again.") from None
 
     def query(self, sql: str, params: Sequence | dict | None = None) -> list[tuple]:
         """A read query, here or at the owner."""
