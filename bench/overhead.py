@@ -1,4 +1,4 @@
-"""Per-task overhead of ExoFlow against plain Ray, measured side by side in one run.
+"""Per-task overhead of ExoFlow against plain Ray, Ray Workflows and DBOS, side by side in one run.
 
 Workloads (same shape for every system, so the ratios compare like with like):
 
@@ -23,8 +23,24 @@ and a fresh ``workflow_id`` so no run can reuse another's checkpoints.
 
 µs/task = median wall time / N (the gathering task is not counted in N).
 
+Baselines in their own virtualenvs (made by ``bench/baselines/setup.py``), each run as ONE
+subprocess BEFORE our Ray cluster starts (two Ray clusters on 2 cores would slow each
+other), with the same sizes, one warm-up per workload and the same number of repeats; the
+subprocess times each run itself with the same protocol and prints the samples as JSON:
+
+* ``ray-workflows``: Ray 2.47.1 ``workflow.run`` of the same DAG (same shapes, ``.bind``);
+* ``dbos``: DBOS 3.4 on SQLite. chain = ONE workflow of N sequential ``@DBOS.step`` calls;
+  fanout = ONE workflow that starts N child workflows (one step each) with
+  ``DBOS.start_workflow``, waits for all, then one ``total`` step. DBOS has no DAG: that
+  is the shape a DBOS user writes for each.
+
+Targets from the issue: the ExoFlow/plain-Ray ratios above; and for ``exo-sync`` (every
+task durable before its dependents run): at least 10x faster than Ray Workflows per task,
+and less per durable task than DBOS per step (chain) / per child workflow (fanout).
+
     python bench/overhead.py                 # 200-chain, 1000-fan-out, 3 repeats
     python bench/overhead.py --quick         # small sizes, 1 repeat
+    python bench/overhead.py --no-baselines  # ours and plain Ray only
 """
 
 from __future__ import annotations
@@ -32,7 +48,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -46,17 +61,24 @@ from typing import Callable
 import ray
 
 import exoflow_kernel as exo
+from baselines import setup as baselines
+from common import aligned, base_meta, save, wait_for_quiet
 
 RESULTS = Path(__file__).resolve().parent / "results" / "overhead.json"
 WORKLOADS = ("chain", "fanout")
 MODES = {"exo-sync": "sync", "exo-async": "async", "exo-off": False}
-SYSTEMS = ("ray", *MODES)
+EXTERNAL = {"ray-workflows": ("rayworkflows", "rayworkflows_overhead.py"), "dbos": ("dbos", "dbos_overhead.py")}
+SYSTEMS = ("ray", *MODES, *EXTERNAL)
+SHORT = {"ray-workflows": "rwf", "dbos": "dbos"}
+UNIT = {("dbos", "chain"): "step", ("dbos", "fanout"): "child wf"}
 # Targets from the issue: the largest acceptable ratio ExoFlow / plain Ray.
 TARGETS = {
     ("exo-sync", "fanout"): 1.3, ("exo-sync", "chain"): 1.5,
     ("exo-async", "fanout"): 1.2, ("exo-async", "chain"): 1.2,
     ("exo-off", "fanout"): 1.1, ("exo-off", "chain"): 1.1,
 }
+# ...and for durable (sync) tasks against the other durable systems: baseline µs / ours µs.
+SPEEDUP_TARGETS = {"ray-workflows": 10.0, "dbos": 1.0}  # >= 10x faster; DBOS: strictly less per task
 
 
 # -- the task bodies: the same plain functions for every system --------------------
@@ -160,6 +182,24 @@ class Row:
     ratio: float | None = None
     target: float | None = None
     passed: bool | None = None
+    speedup: dict = field(default_factory=dict)  # baseline name -> baseline µs/task ÷ this row's
+    checks: list = field(default_factory=list)   # [(target text, passed)]
+
+
+def measure_external(name: str, sizes: dict[str, int], repeats: int) -> tuple[list[Row], dict]:
+    """One baseline in its venv, as a subprocess running the same protocol; its samples."""
+    venv, script = EXTERNAL[name]
+    python = baselines.ensure(venv)
+    cmd = [str(python), str(Path(__file__).resolve().parent / "baselines" / script),
+           "--chain", str(sizes["chain"]), "--fanout", str(sizes["fanout"]), "--repeats", str(repeats)]
+    started = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} baseline failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    meta = {**out["meta"], "wall_s": time.perf_counter() - started}
+    print(f"  {name}: done in {meta['wall_s']:.0f} s", flush=True)
+    return [Row(name, w, sizes[w], seconds=out[w]) for w in WORKLOADS], meta
 
 
 def measure(systems: list, sizes: dict[str, int], repeats: int) -> list[Row]:
@@ -173,7 +213,7 @@ def measure(systems: list, sizes: dict[str, int], repeats: int) -> list[Row]:
             for system in systems:
                 rows[system.name, workload].seconds.append(time_once(system, workload, sizes[workload]))
         print(f"  repeat {rep + 1}/{repeats} done", flush=True)
-    return summarize(list(rows.values()))
+    return list(rows.values())
 
 
 def summarize(rows: list[Row]) -> list[Row]:
@@ -183,10 +223,20 @@ def summarize(rows: list[Row]) -> list[Row]:
         row.us_per_task = median / row.n * 1e6
         row.spread_pct = (max(row.seconds) - min(row.seconds)) / median * 100
     base = {r.workload: r.us_per_task for r in rows if r.system == "ray"}
+    by = {(r.system, r.workload): r for r in rows}
     for row in rows:
         row.ratio = row.us_per_task / base[row.workload]
         row.target = TARGETS.get((row.system, row.workload))
-        row.passed = None if row.target is None else row.ratio <= row.target
+        if row.target is not None:
+            row.checks.append((f"ray<={row.target:.1f}x", row.ratio <= row.target))
+        if row.system in MODES:
+            for other, need in SPEEDUP_TARGETS.items():
+                if (other, row.workload) in by:
+                    row.speedup[other] = by[other, row.workload].us_per_task / row.us_per_task
+                    if row.system == "exo-sync":
+                        ok = row.speedup[other] >= need if need > 1 else row.speedup[other] > need
+                        row.checks.append((f"{SHORT[other]}/this{'>=' if need > 1 else '>'}{need:g}", ok))
+        row.passed = None if not row.checks else all(ok for _, ok in row.checks)
     return rows
 
 
@@ -195,34 +245,17 @@ def summarize(rows: list[Row]) -> list[Row]:
 
 def table(rows: list[Row]) -> str:
     """One aligned text table, workloads grouped."""
-    head = ("system", "workload", "N", "µs/task", "spread", "ratio vs ray", "target", "result")
-    body = [(r.system, r.workload, str(r.n), f"{r.us_per_task:.0f}", f"{r.spread_pct:.0f}%", f"{r.ratio:.2f}x",
-             "-" if r.target is None else f"<= {r.target:.1f}x",
-             "-" if r.passed is None else ("pass" if r.passed else "FAIL"))
-            for r in sorted(rows, key=lambda r: (WORKLOADS.index(r.workload), SYSTEMS.index(r.system)))]
-    widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
-
-    def fmt(line: tuple) -> str:  # names left-aligned, figures right-aligned
-        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
-
-    return "\n".join([fmt(head), fmt(tuple("-" * w for w in widths)), *map(fmt, body)])
-
-
-def save(rows: list[Row], meta: dict) -> None:
-    """Raw samples plus context, so a later reader can judge the noise."""
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"meta": meta, "results": [asdict(r) for r in rows]}, indent=2) + "\n")
-
-
-def engine_revision() -> str:
-    """The commit measured (``-dirty``: with uncommitted engine edits), since the
-    engine changes under this benchmark."""
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=RESULTS.parent, capture_output=True,
-                             text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    present = [name for name in EXTERNAL if any(r.system == name for r in rows)]
+    head = ("system", "workload", "N", "µs/task", "per", "spread", "x ray",
+            *(f"{SHORT[name]}/this" for name in present), "targets", "result")
+    body = []
+    for r in sorted(rows, key=lambda r: (WORKLOADS.index(r.workload), SYSTEMS.index(r.system))):
+        targets = "; ".join(f"{text} {'ok' if ok else 'MISS'}" for text, ok in r.checks) or "-"
+        body.append((r.system, r.workload, str(r.n), f"{r.us_per_task:.0f}", UNIT.get((r.system, r.workload), "task"),
+                     f"{r.spread_pct:.0f}%", f"{r.ratio:.2f}x",
+                     *(f"{r.speedup[n]:.1f}x" if n in r.speedup else "-" for n in present), targets,
+                     "-" if r.passed is None else ("pass" if r.passed else "FAIL")))
+    return aligned(head, body)
 
 
 def parse_args() -> argparse.Namespace:
@@ -231,6 +264,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--fanout", type=int, default=1000, help="independent tasks in the fan-out (default 1000)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per system and workload (default 3)")
     p.add_argument("--quick", action="store_true", help="smoke run: chain 20, fan-out 100, 1 repeat")
+    p.add_argument("--no-baselines", action="store_true", help="skip Ray Workflows and DBOS (their venvs)")
+    p.add_argument("--baselines", default=",".join(EXTERNAL), help="comma list of %(default)s")
+    p.add_argument("--max-load", type=float, default=None,
+                   help="wait (at most 5 min) until the 1-min load average is below this before measuring")
     args = p.parse_args()
     if args.quick:
         args.chain, args.fanout, args.repeats = 20, 100, 1
@@ -240,24 +277,31 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     sizes = {"chain": args.chain, "fanout": args.fanout}
+    quiet = wait_for_quiet(args.max_load)
     load_before = os.getloadavg()
+    external = [] if args.no_baselines else [b for b in args.baselines.split(",") if b]
+    print(f"overhead: chain={sizes['chain']} fanout={sizes['fanout']} repeats={args.repeats} "
+          f"baselines={','.join(external) or 'none'}", flush=True)
+    rows, external_meta = [], {}
+    for name in external:  # before our Ray starts: one cluster at a time on 2 cores
+        ext_rows, external_meta[name] = measure_external(name, sizes, args.repeats)
+        rows += ext_rows
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory(prefix="exoflow-bench-") as tmp:
         systems = [PlainRay(), *(ExoFlow(name, Path(tmp)) for name in MODES)]
-        print(f"overhead: chain={sizes['chain']} fanout={sizes['fanout']} repeats={args.repeats} "
-              f"(stores under {tmp})", flush=True)
-        rows = measure(systems, sizes, args.repeats)
+        rows += measure(systems, sizes, args.repeats)
+    ray.shutdown()
+    rows = summarize(rows)
     meta = {
-        "sizes": sizes, "repeats": args.repeats, "ray": ray.__version__, "exoflow": exo.__version__, "revision": engine_revision(),
-        "python": platform.python_version(), "cpus": os.cpu_count(), "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+        **base_meta(), "sizes": sizes, "repeats": args.repeats, "ray": ray.__version__, "exoflow": exo.__version__,
+        "baselines": external_meta, "quiet": quiet, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
     }
     print()
     print(table(rows))
     print(f"\nload average before/after: {load_before[0]:.2f} / {meta['loadavg_after'][0]:.2f} "
           f"on {meta['cpus']} cores (high load or spread: numbers are noisy, run again)")
-    save(rows, meta)
-    print(f"raw figures: {RESULTS}")
+    path = save(RESULTS.name, {"meta": meta, "results": [asdict(r) for r in rows]})
+    print(f"raw figures: {path}")
 
 
 if __name__ == "__main__":
