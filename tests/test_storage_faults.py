@@ -326,9 +326,11 @@ def test_full_disk_during_the_duckdb_commit_loses_nothing_committed(small_disk):
     assert exo.sql("select count(*), count(distinct id) from sales") == [(100_100, 100_000)]
 
 
-@pytest.mark.xfail(strict=True, reason="engine: when DuckDB cannot write its WAL (disk full), the raw "
-                   "duckdb.TransactionException escapes exo.run (commit.apply / Store.transaction do not wrap it); "
-                   "it should be a StoreError naming the store")
+@pytest.mark.xfail(strict=True, reason="engine: when DuckDB cannot write its WAL (disk full), commit.apply "
+                   "retries one task at a time and _apply_one_by_one reports the IO error as the task's fault "
+                   "(WorkflowFailedError 'its rows could not be written', task marked failed); if that retry's own "
+                   "transaction fails too, the raw duckdb.TransactionException escapes exo.run. Either way it "
+                   "should be a StoreError naming the store, and no task should be blamed")
 def test_full_disk_during_the_duckdb_commit_is_a_store_error(small_disk):
     store = _committed_baseline(small_disk)
     _fill(small_disk, leave=600_000)
