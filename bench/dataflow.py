@@ -179,7 +179,7 @@ def table(rows: list[Row]) -> str:
     head = ("size", "system", "ms", "spread", "MB/s", "x ray", "x disk", "ray+1.25*disk", "result")
     body = []
     for r in sorted(rows, key=lambda r: (r.nbytes, SYSTEMS.index(r.system))):
-        body.append((human(r.nbytes), r.system, f"{r.ms:.1f}", f"{r.spread_pct:.0f}%", f"{r.mb_per_s:.0f}",
+        body.append((human(r.nbytes), r.system, f"{r.ms:.1f}", f"{r.spread_pct:.0f}%" if len(r.seconds) > 1 else "-", f"{r.mb_per_s:.0f}",
                      f"{r.ms / by['ray', r.nbytes].ms:.2f}x", f"{r.ms / by['disk', r.nbytes].ms:.2f}x",
                      "-" if r.bound_ms is None else f"{r.bound_ms:.1f} ms",
                      "-" if r.passed is None else ("pass" if r.passed else "FAIL")))
@@ -192,7 +192,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per system and size (default 3)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1MB,32MB, 1 repeat")
     p.add_argument("--max-load", type=float, default=None,
-                   help="wait (at most 5 min) until the 1-min load average is below this before measuring")
+                   help="wait until the 1-min load average is below this before measuring (bounded by --max-wait)")
+    p.add_argument("--max-wait", type=float, default=300, help="longest wait for --max-load, s (default 300)")
     args = p.parse_args()
     if args.quick:
         args.sizes, args.repeats = "1MB,32MB", 1
@@ -202,7 +203,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    quiet = wait_for_quiet(args.max_load)
+    quiet = wait_for_quiet(args.max_load, args.max_wait)
     load_before = os.getloadavg()
     print(f"dataflow: sizes={','.join(human(n) for n in args.sizes)} repeats={args.repeats}", flush=True)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

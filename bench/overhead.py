@@ -252,7 +252,7 @@ def table(rows: list[Row]) -> str:
     for r in sorted(rows, key=lambda r: (WORKLOADS.index(r.workload), SYSTEMS.index(r.system))):
         targets = "; ".join(f"{text} {'ok' if ok else 'MISS'}" for text, ok in r.checks) or "-"
         body.append((r.system, r.workload, str(r.n), f"{r.us_per_task:.0f}", UNIT.get((r.system, r.workload), "task"),
-                     f"{r.spread_pct:.0f}%", f"{r.ratio:.2f}x",
+                     f"{r.spread_pct:.0f}%" if len(r.seconds) > 1 else "-", f"{r.ratio:.2f}x",
                      *(f"{r.speedup[n]:.1f}x" if n in r.speedup else "-" for n in present), targets,
                      "-" if r.passed is None else ("pass" if r.passed else "FAIL")))
     return aligned(head, body)
@@ -267,7 +267,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-baselines", action="store_true", help="skip Ray Workflows and DBOS (their venvs)")
     p.add_argument("--baselines", default=",".join(EXTERNAL), help="comma list of %(default)s")
     p.add_argument("--max-load", type=float, default=None,
-                   help="wait (at most 5 min) until the 1-min load average is below this before measuring")
+                   help="wait until the 1-min load average is below this before measuring (bounded by --max-wait)")
+    p.add_argument("--max-wait", type=float, default=300, help="longest wait for --max-load, s (default 300)")
     args = p.parse_args()
     if args.quick:
         args.chain, args.fanout, args.repeats = 20, 100, 1
@@ -277,7 +278,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     sizes = {"chain": args.chain, "fanout": args.fanout}
-    quiet = wait_for_quiet(args.max_load)
+    quiet = wait_for_quiet(args.max_load, args.max_wait)
     load_before = os.getloadavg()
     external = [] if args.no_baselines else [b for b in args.baselines.split(",") if b]
     print(f"overhead: chain={sizes['chain']} fanout={sizes['fanout']} repeats={args.repeats} "

@@ -209,7 +209,7 @@ def table(rows: list[Row]) -> str:
     head = ("shape", "N", "crash at", "committed", "resume->result", "spread", "ray.init", "1st task", "store open",
             "re-executed", "orphans", "target", "result")
     body = [(r.shape, str(r.n), r.crash_at, str(r.committed_before), f"{r.resume_s * 1e3:.0f} ms",
-             f"{r.spread_pct:.0f}%", f"{r.ray_init_s:.2f} s", f"{r.first_task_s:.2f} s", f"{r.store_open_s * 1e3:.0f} ms", str(r.reexecuted),
+             f"{r.spread_pct:.0f}%" if len(r.trials) > 1 else "-", f"{r.ray_init_s:.2f} s", f"{r.first_task_s:.2f} s", f"{r.store_open_s * 1e3:.0f} ms", str(r.reexecuted),
              str(r.leftover_processes), "<= 1 s" if r.n == 1000 else "-",
              "-" if r.passed is None else ("pass" if r.passed else "FAIL")) for r in rows]
     return aligned(head, body, left=1)
@@ -223,7 +223,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--trials", type=int, default=3, help="crash+resume trials per shape and size (default 3)")
     p.add_argument("--quick", action="store_true", help="smoke run: N=200, 1 trial")
     p.add_argument("--max-load", type=float, default=None,
-                   help="wait (at most 5 min) until the 1-min load average is below this before measuring")
+                   help="wait until the 1-min load average is below this before measuring (bounded by --max-wait)")
+    p.add_argument("--max-wait", type=float, default=300, help="longest wait for --max-load, s (default 300)")
     p.add_argument("--phase", choices=("crash", "resume"), help=argparse.SUPPRESS)
     p.add_argument("--store", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -240,7 +241,7 @@ def main() -> None:
         return
     sizes = [int(x) for x in args.tasks.split(",")]
     shapes = [s for s in args.shapes.split(",") if s]
-    quiet = wait_for_quiet(args.max_load)
+    quiet = wait_for_quiet(args.max_load, args.max_wait)
     load_before = os.getloadavg()
     print(f"recovery: tasks={sizes} shapes={shapes} crash at {args.at:.0%} trials={args.trials}", flush=True)
     rows = []

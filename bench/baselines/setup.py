@@ -17,6 +17,7 @@ a half-made venv (install interrupted) is made again from scratch.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -65,11 +66,13 @@ def ensure(name: str) -> Path:
 
 def versions(name: str) -> dict:
     """Installed versions of the packages that matter, for the results' metadata."""
-    code = ("import json, importlib.metadata as m; print(json.dumps({p: m.version(p) for p in "
-            "('ray', 'pyarrow', 'dbos', 'sqlalchemy') if __import__('importlib.util').util.find_spec(p)}))")
+    code = ("import json, importlib.metadata as m\nout = {}\n"
+            "for p in ('ray', 'pyarrow', 'dbos', 'sqlalchemy'):\n"
+            "    try: out[p] = m.version(p)\n"
+            "    except m.PackageNotFoundError: pass\n"
+            "print(json.dumps(out))")
     out = subprocess.run([str(python_of(name)), "-c", code], capture_output=True, text=True)
     try:
-        import json
         return json.loads(out.stdout)
     except ValueError:
         return {}
