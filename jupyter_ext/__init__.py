@@ -11,9 +11,6 @@ from typing import Any
 
 def load_ipython_extension(shell: Any) -> None:
     """Called by ``%load_ext jupyter_ext`` (and by the ExoFlow kernel at start)."""
-    from .magics import register, startup_banner
+    from .magics import register
 
     register(shell)
-    banner = startup_banner()
-    if banner:
-        print(banner)

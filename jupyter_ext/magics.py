@@ -100,10 +100,15 @@ class ExoflowMagics(Magics):
         self.workflow_id: str | None = None
         self.notebooks: dict[str, nb.Notebook] = {}
         self.cell_id: str | None = None
+        self.banner: str | None = None  # shown with the first cell when the kernel starts with us
+        self.announced: str | None = None  # the last banner printed (said once, not twice)
 
     def note_cell(self, info: Any) -> None:
         """pre_run_cell hook: remember the front-end's cell id (tells two cells apart)."""
         self.cell_id = getattr(info, "cell_id", None)
+        if self.banner:
+            print(self.banner)
+            self.announced, self.banner = self.banner, None
 
     @line_cell_magic
     def exoflow(self, line: str, cell: str | None = None) -> None:
@@ -134,8 +139,9 @@ class ExoflowMagics(Magics):
         self.workflow_id = workflow
         print(f"ExoFlow: store {store.root}, workflow {workflow!r}")
         banner = views.resumable_banner()
-        if banner:
+        if banner and banner != self.announced:  # not if the start-up banner said it just now
             print(banner)
+            self.announced = banner
 
     def _do_task(self, args: Any, source: str) -> None:
         book = self._notebook(None, create=True)
@@ -226,10 +232,19 @@ ExoflowMagics.exoflow.__doc__ = _help()
 
 
 def register(shell: Any) -> ExoflowMagics:
-    """Register the magic and the cell-id hook on ``shell``."""
+    """Register the magic and the cell-id hook on ``shell``; announce resumable workflows.
+
+    Loaded while a kernel starts (the ExoFlow kernel), output has no cell to go
+    to, so the banner waits for the first cell; loaded from a cell, it prints now.
+    """
     magics = ExoflowMagics(shell)
     shell.register_magics(magics)
     shell.events.register("pre_run_cell", magics.note_cell)
+    banner = startup_banner()
+    if banner and getattr(shell, "parent_header", True):
+        print(banner)
+    else:
+        magics.banner = banner
     return magics
 
 
@@ -242,5 +257,5 @@ def startup_banner() -> str | None:
     try:
         exo.init()
         return views.resumable_banner()
-    except exo.ExoflowError:
-        return None  # a store owned by another process: say nothing rather than block
+    except Exception:  # e.g. a store another process owns: a banner must never break start-up
+        return None

@@ -44,15 +44,15 @@ class Reply:
 class Kernel:
     """A real ipykernel with ``jupyter_ext`` loaded, driven over ZMQ."""
 
-    def __init__(self, cwd: Path) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        env.pop("EXOFLOW_STORE", None)
-        self.km = KernelManager(kernel_name="python3")
-        self.km.start_kernel(cwd=str(cwd), env=env)
+    def __init__(self, cwd: Path, kernel_name: str = "python3", **env: str) -> None:
+        full_env = {k: v for k, v in os.environ.items() if k != "EXOFLOW_STORE"}
+        self.km = KernelManager(kernel_name=kernel_name)
+        self.km.start_kernel(cwd=str(cwd), env={**full_env, "PYTHONPATH": str(ROOT), **env})
         self.kc = self.km.client()
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=60)
-        self.ok("%load_ext jupyter_ext")
+        if kernel_name == "python3":  # the ExoFlow kernel preloads the extension
+            self.ok("%load_ext jupyter_ext")
 
     def send(self, code: str, cell_id: str | None = None) -> str:
         """Send a cell (with the front-end's cell id, as JupyterLab does); return the msg id."""
@@ -117,14 +117,27 @@ class Kernel:
 def kernels(tmp_path):
     started: list[Kernel] = []
 
-    def start() -> Kernel:
-        started.append(Kernel(tmp_path))
+    def start(kernel_name: str = "python3", **env: str) -> Kernel:
+        started.append(Kernel(tmp_path, kernel_name, **env))
         return started[-1]
 
     yield start
     for k in started:
         if k.km.is_alive():
             k.close()
+
+
+@pytest.fixture
+def exoflow_kernel(tmp_path, monkeypatch) -> str:
+    """The "ExoFlow" kernelspec, installed under a temporary prefix; its name."""
+    from exoflow_kernel import kernelspec
+
+    prefix = tmp_path / "jupyter-prefix"
+    assert kernelspec.main(["install", "--prefix", str(prefix)]) == 0
+    spec = json.loads((prefix / "share/jupyter/kernels/exoflow/kernel.json").read_text())
+    assert spec["display_name"] == "ExoFlow" and spec["argv"][-2:] == ["--ext", "jupyter_ext"]
+    monkeypatch.setenv("JUPYTER_PATH", str(prefix / "share/jupyter"))
+    return "exoflow"
 
 
 def counts(folder: Path) -> dict[str, int]:
@@ -244,7 +257,7 @@ def wait_until_committed(store: Path, workflow: str, task: str) -> None:
     raise AssertionError(f"{task} never committed: {out.stderr[-2000:]}")
 
 
-def test_kill_the_kernel_in_a_long_cell_then_resume_in_a_fresh_one(kernels, tmp_path):
+def test_kill_the_kernel_in_a_long_cell_then_resume_in_a_fresh_one(kernels, tmp_path, exoflow_kernel):
     k = kernels()
     counters = setup(k, tmp_path, "crash")
     k.ok(f"REACHED = {str(counters / 'slow.reached')!r}")
@@ -259,8 +272,10 @@ def test_kill_the_kernel_in_a_long_cell_then_resume_in_a_fresh_one(kernels, tmp_
     k.kill()
     before, committed = counts(counters), committed_tasks(tmp_path / "store", "crash")
 
-    fresh = kernels()  # a new kernel: no cell is run again by hand
-    fresh.ok(f"%exoflow init --store {tmp_path / 'store'} --workflow crash")
+    fresh = kernels(exoflow_kernel, EXOFLOW_STORE=str(tmp_path / "store"))  # no cell is run again by hand
+    banner = fresh.ok(f"%exoflow init --store {tmp_path / 'store'} --workflow crash").stdout
+    assert "left running by a dead kernel: crash. Resume with: %exoflow resume crash" in banner
+    assert banner.count("left running") == 1
     out = fresh.ok("%exoflow resume")
     assert fresh.value("{n: globals()[n] for n in ['rows', 'saved', 'slow', 'report']}") == EXPECTED
     after = counts(counters)
