@@ -16,10 +16,17 @@ For each shape (``chain``: N dependent ``inc`` tasks; ``fanout``: N ``leaf`` tas
    then **``exo.resume`` to the result** — the figure the issue's target is about ("<= 1 s
    to result once Ray is up"). The value is checked; the committed count before the resume and
    the recovery states after it come from ``exo.lineage``.
-3. After the trial, Ray processes left alive with no parent (e.g. ``ray::DashboardAgent`` of
+3. The same for the baselines, each in its venv (``baselines/rayworkflows_recovery.py``:
+   ``workflow.resume`` after the driver is killed from inside the 90 % task;
+   ``baselines/dbos_recovery.py``: the 90 % step kills its process, ``DBOS.launch()``
+   recovers it; timed from ``launch()`` to the result). Their "done before" is what had run
+   before the crash (each checkpoints a task/step as it finishes); ExoFlow's is what its
+   grouped commits had made durable.
+4. After the trial, Ray processes left alive with no parent (e.g. ``ray::DashboardAgent`` of
    the killed driver) that were not there before are counted, reported and killed by pid.
 
-    python bench/recovery.py                    # N=1000, chain and fanout, 3 trials each
+    python bench/recovery.py                    # N=1000, chain and fanout, 3 systems, 3 trials each
+    python bench/recovery.py --systems exoflow  # ours only
     python bench/recovery.py --tasks 1000,10000 --shapes chain
     python bench/recovery.py --quick            # N=200, 1 trial
 """
@@ -39,6 +46,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from baselines import setup as baselines
 from common import aligned, base_meta, save, wait_for_quiet
 
 HERE = Path(__file__).resolve()
@@ -77,9 +85,14 @@ def build(shape: str, n: int):
     return t_total.bind(*[t_leaf.bind(i) for i in range(n)])
 
 
+def crash_index(n: int, fraction: float) -> int:
+    """0-based index of the task at ``fraction`` of the workflow (899 for 1000 at 90 %)."""
+    return max(0, int(n * fraction) - 1)
+
+
 def crash_task(shape: str, n: int, fraction: float) -> str:
     """The id of the task at ``fraction`` of the workflow (ids: name, name.1, name.2, ...)."""
-    k = max(0, int(n * fraction) - 1)
+    k = crash_index(n, fraction)
     name = "inc" if shape == "chain" else "leaf"
     return name if k == 0 else f"{name}.{k}"
 
@@ -138,41 +151,54 @@ def orphan_ray_processes() -> dict[int, str]:
     return found
 
 
-def child(phase: str, store: str, shape: str, n: int, env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(HERE), "--phase", phase, "--store", store, "--shapes", shape, "--tasks", str(n)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env={**os.environ, **(env or {})})
+SYSTEMS = ("exoflow", "ray-workflows", "dbos")
+EXTERNAL = {"ray-workflows": ("rayworkflows", "rayworkflows_recovery.py"), "dbos": ("dbos", "dbos_recovery.py")}
+
+
+def child(system: str, phase: str, store: str, shape: str, n: int, at: float) -> subprocess.CompletedProcess:
+    """One phase of one system, in a fresh process (its venv for the baselines)."""
+    env = dict(os.environ)
+    if system == "exoflow":
+        cmd = [sys.executable, str(HERE), "--phase", phase, "--store", store, "--shapes", shape, "--tasks", str(n)]
+        if phase == "crash":
+            env["EXOFLOW_CRASH_AT"] = f"{CRASH_POINT}:{crash_task(shape, n, at)}"
+    else:
+        venv, script = EXTERNAL[system]
+        cmd = [str(baselines.ensure(venv)), str(HERE.parent / "baselines" / script), "--phase", phase, "--store", store,
+               "--shape", shape, "--tasks", str(n), "--crash-index", str(crash_index(n, at))]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
 
 
 @dataclass
 class Row:
+    system: str
     shape: str
     n: int
     crash_at: str
     trials: list[dict] = field(default_factory=list)
     resume_s: float = 0.0
     spread_pct: float = 0.0
-    ray_init_s: float = 0.0
-    first_task_s: float = 0.0
-    store_open_s: float = 0.0
-    committed_before: int = 0
+    startup_s: float = 0.0      # ray.init (ExoFlow, Ray Workflows) or DBOS.launch()
+    first_task_s: float | None = None
+    store_open_s: float | None = None
+    done_before: int = 0        # ExoFlow: committed (lineage); baselines: tasks that had run
     reexecuted: int = 0
     leftover_processes: int = 0
     passed: bool | None = None
 
 
-def trial(shape: str, n: int, fraction: float, tmp: str) -> dict:
-    store = tempfile.mkdtemp(prefix=f"recovery-{shape}-", dir=tmp)
+def trial(system: str, shape: str, n: int, fraction: float, tmp: str) -> dict:
+    store = tempfile.mkdtemp(prefix=f"recovery-{system}-{shape}-", dir=tmp)
     before = orphan_ray_processes()
-    task = crash_task(shape, n, fraction)
-    crashed = child("crash", store, shape, n, {"EXOFLOW_CRASH_AT": f"{CRASH_POINT}:{task}"})
+    crashed = child(system, "crash", store, shape, n, fraction)
     if crashed.returncode != -signal.SIGKILL:
-        raise RuntimeError(f"crash run of {shape}({n}) did not die by SIGKILL at {task} "
+        raise RuntimeError(f"{system} crash run of {shape}({n}) did not die by SIGKILL "
                            f"(rc {crashed.returncode}):\n{crashed.stdout[-1000:]}\n{crashed.stderr[-3000:]}")
     time.sleep(1.0)  # what the dead driver leaves is what a user's next kernel finds
     left_by_crash = {p: c for p, c in orphan_ray_processes().items() if p not in before}
-    resumed = child("resume", store, shape, n)
+    resumed = child(system, "resume", store, shape, n, fraction)
     if resumed.returncode != 0:
-        raise RuntimeError(f"resume of {shape}({n}) failed (rc {resumed.returncode}):\n{resumed.stderr[-3000:]}")
+        raise RuntimeError(f"{system} resume of {shape}({n}) failed (rc {resumed.returncode}):\n{resumed.stderr[-3000:]}")
     out = json.loads(resumed.stdout.strip().splitlines()[-1])
     for _ in range(10):  # give exiting processes up to 5 s to go before calling them leftovers
         time.sleep(0.5)
@@ -185,20 +211,26 @@ def trial(shape: str, n: int, fraction: float, tmp: str) -> dict:
         except ProcessLookupError:
             pass
     shutil.rmtree(store, ignore_errors=True)
-    return {**out, "crash_at": task, "orphans_after_crash": sorted(left_by_crash.values()),
+    return {**out, "orphans_after_crash": sorted(left_by_crash.values()),
             "leftovers_after_resume": sorted(leftovers.values()),
             "leftovers_from_crash": sorted(c for p, c in leftovers.items() if p in left_by_crash)}
 
 
 def summarize(row: Row, target_s: float | None) -> Row:
+    def med(key: str):
+        values = [t[key] for t in row.trials if key in t]
+        return statistics.median(values) if values else None
+
     resumes = [t["resume_s"] for t in row.trials]
     row.resume_s = statistics.median(resumes)
     row.spread_pct = (max(resumes) - min(resumes)) / row.resume_s * 100
-    row.ray_init_s = statistics.median(t["ray_init_s"] for t in row.trials)
-    row.first_task_s = statistics.median(t["first_task_s"] for t in row.trials)
-    row.store_open_s = statistics.median(t["store_open_s"] for t in row.trials)
-    row.committed_before = int(statistics.median(t["committed_before"] for t in row.trials))
-    row.reexecuted = int(statistics.median(t["states_after"].get("re-executed", 0) for t in row.trials))
+    row.startup_s = med("ray_init_s") if row.system != "dbos" else med("launch_s")
+    row.first_task_s, row.store_open_s = med("first_task_s"), med("store_open_s")
+    if row.system == "exoflow":
+        row.done_before = int(med("committed_before"))
+        row.reexecuted = int(statistics.median(t["states_after"].get("re-executed", 0) for t in row.trials))
+    else:
+        row.done_before, row.reexecuted = int(med("ran_before_crash")), int(med("reexecuted"))
     row.leftover_processes = max(len(t["leftovers_after_resume"]) for t in row.trials)
     if target_s is not None:
         row.passed = row.resume_s <= target_s
@@ -206,19 +238,22 @@ def summarize(row: Row, target_s: float | None) -> Row:
 
 
 def table(rows: list[Row]) -> str:
-    head = ("shape", "N", "crash at", "committed", "resume->result", "spread", "ray.init", "1st task", "store open",
-            "re-executed", "orphans", "target", "result")
-    body = [(r.shape, str(r.n), r.crash_at, str(r.committed_before), f"{r.resume_s * 1e3:.0f} ms",
-             f"{r.spread_pct:.0f}%" if len(r.trials) > 1 else "-", f"{r.ray_init_s:.2f} s", f"{r.first_task_s:.2f} s", f"{r.store_open_s * 1e3:.0f} ms", str(r.reexecuted),
-             str(r.leftover_processes), "<= 1 s" if r.n == 1000 else "-",
+    head = ("system", "shape", "N", "crash at", "done before", "resume->result", "spread", "ray.init/launch",
+            "1st task", "store open", "re-executed", "orphans", "target", "result")
+    body = [(r.system, r.shape, str(r.n), r.crash_at, str(r.done_before), f"{r.resume_s * 1e3:.0f} ms",
+             f"{r.spread_pct:.0f}%" if len(r.trials) > 1 else "-", f"{r.startup_s:.2f} s",
+             "-" if r.first_task_s is None else f"{r.first_task_s:.2f} s",
+             "-" if r.store_open_s is None else f"{r.store_open_s * 1e3:.0f} ms", str(r.reexecuted),
+             str(r.leftover_processes), "<= 1 s" if r.passed is not None else "-",
              "-" if r.passed is None else ("pass" if r.passed else "FAIL")) for r in rows]
-    return aligned(head, body, left=1)
+    return aligned(head, body, left=2)
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default="1000", help="comma list of workflow sizes (default %(default)s)")
     p.add_argument("--shapes", default=",".join(SHAPES), help="comma list of %(default)s")
+    p.add_argument("--systems", default=",".join(SYSTEMS), help="comma list of %(default)s")
     p.add_argument("--at", type=float, default=0.9, help="crash after this fraction is committed (default 0.9)")
     p.add_argument("--trials", type=int, default=3, help="crash+resume trials per shape and size (default 3)")
     p.add_argument("--quick", action="store_true", help="smoke run: N=200, 1 trial")
@@ -245,16 +280,18 @@ def main() -> None:
     load_before = os.getloadavg()
     print(f"recovery: tasks={sizes} shapes={shapes} crash at {args.at:.0%} trials={args.trials}", flush=True)
     rows = []
+    systems = [x for x in args.systems.split(",") if x]
     with tempfile.TemporaryDirectory(prefix="exoflow-bench-") as tmp:
         for n in sizes:
             for shape in shapes:
-                row = Row(shape, n, crash_task(shape, n, args.at))
-                for i in range(args.trials):
-                    row.trials.append(trial(shape, n, args.at, tmp))
-                    print(f"  {shape} N={n} trial {i + 1}/{args.trials}: resume {row.trials[-1]['resume_s']:.3f} s",
-                          flush=True)
-                rows.append(summarize(row, 1.0 if n == 1000 else None))
-    meta = {**base_meta(), "tasks": sizes, "shapes": shapes, "at": args.at, "trials": args.trials, "quiet": quiet,
+                for system in systems:
+                    row = Row(system, shape, n, crash_task(shape, n, args.at))
+                    for i in range(args.trials):
+                        row.trials.append(trial(system, shape, n, args.at, tmp))
+                        print(f"  {system} {shape} N={n} trial {i + 1}/{args.trials}: "
+                              f"resume {row.trials[-1]['resume_s']:.3f} s", flush=True)
+                    rows.append(summarize(row, 1.0 if n == 1000 and system == "exoflow" else None))
+    meta = {**base_meta(), "tasks": sizes, "shapes": shapes, "systems": systems, "crash_point": CRASH_POINT, "at": args.at, "trials": args.trials, "quiet": quiet,
             "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
     print()
     print(table(rows))
