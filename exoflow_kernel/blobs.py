@@ -65,13 +65,17 @@ def write_file(path: Path, parts: list[memoryview]) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     crc = 0
-    with open(tmp, "wb", buffering=0) as f:
-        for part in parts:
-            f.write(part)
-            crc = zlib.crc32(part, crc)
-        f.write(_CRC.pack(crc))
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb", buffering=0) as f:
+            for part in parts:
+                f.write(part)
+                crc = zlib.crc32(part, crc)
+            f.write(_CRC.pack(crc))
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not stay full of our half-written blob
+        raise
     return crc
 
 

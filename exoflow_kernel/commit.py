@@ -19,6 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from . import faults
+from .errors import StoreError
 from .store import Store
 
 _FEW = 4  # up to this many rows, a VALUES list beats registering an Arrow table
@@ -59,6 +60,10 @@ def apply(store: Store, workflow_id: str, run: int, batch: Batch) -> list[tuple[
             faults.point("in-commit", ids)
         faults.point("committed", ids)
         return []
+    except (duckdb.IOException, duckdb.TransactionException, duckdb.FatalException) as exc:
+        raise StoreError(str(store.root), f"DuckDB could not commit ({exc})",
+                         f"Nothing of that commit was kept. Fix the cause (disk space?), then "
+                         f"exo.resume({workflow_id!r}).") from None
     except duckdb.Error:
         if not any(c.meta.get("writes") for c in batch.commits):
             raise
@@ -74,6 +79,8 @@ def _apply_one_by_one(store: Store, workflow_id: str, run: int, batch: Batch) ->
         try:
             with store.transaction() as cur:
                 _write(cur, store, workflow_id, run, Batch(commits=[commit]))
+        except (duckdb.IOException, duckdb.TransactionException, duckdb.FatalException):
+            raise
         except duckdb.Error as exc:
             refused.append((commit.task_id, f"its rows could not be written: {exc}"))
     return refused
@@ -111,21 +118,19 @@ def _insert(cur: duckdb.DuckDBPyConnection, table: str, rows: list[tuple]) -> No
         cur.execute(f"insert into {table} values " + ", ".join([marks] * len(rows)), [v for r in rows for v in r])
         return
     batch = pa.table({f"c{i}": pa.array(list(col)) for i, col in enumerate(zip(*rows))})
+    # No try/finally: in an aborted transaction unregister would fail and hide the
+    # real error; the cursor (and its registrations) is dropped with the rollback.
     cur.register("_exoflow_batch", batch)
-    try:
-        cur.execute(f"insert into {table} select * from _exoflow_batch")
-    finally:
-        cur.unregister("_exoflow_batch")
+    cur.execute(f"insert into {table} select * from _exoflow_batch")
+    cur.unregister("_exoflow_batch")
 
 
 def _write_rows(cur: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> int:
     """Append rows to main.<table>, creating it from the rows' schema the first time."""
-    cur.register("_exoflow_rows", rows)
-    try:
-        cur.execute(f'create table if not exists main."{table}" as select * from _exoflow_rows limit 0')
-        cur.execute(f'insert into main."{table}" by name select * from _exoflow_rows')
-    finally:
-        cur.unregister("_exoflow_rows")
+    cur.register("_exoflow_rows", rows)  # dropped with the cursor if this fails (see _insert)
+    cur.execute(f'create table if not exists main."{table}" as select * from _exoflow_rows limit 0')
+    cur.execute(f'insert into main."{table}" by name select * from _exoflow_rows')
+    cur.unregister("_exoflow_rows")
     return rows.num_rows
 
 

@@ -23,7 +23,7 @@ import ray
 from . import blobs
 from .context import TaskContext, activate, deactivate
 from .dag import Continuation, TaskFunction
-from .errors import UnpicklableOutputError
+from .errors import StoreError, UnpicklableOutputError
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,13 @@ def checkpoint_value(value: Any, spec: Spec, to_file: bool = True) -> dict:
     if not to_file:
         return {"persist": True}
     path = blobs.blob_path(Path(spec.blob_root), spec.workflow_id, spec.task_id, spec.run)
-    crc = blobs.write_file(path, parts)
+    try:
+        crc = blobs.write_file(path, parts)
+    except OSError as exc:
+        raise StoreError(str(Path(spec.blob_root).parent),
+                         f"writing the checkpoint of task {spec.task_id!r} of workflow {spec.workflow_id!r} "
+                         f"to {path} failed ({exc.strerror or exc})",
+                         f"Free space (or fix permissions) there, then exo.resume({spec.workflow_id!r}).") from None
     return {"location": os.path.relpath(path, spec.blob_root), "size": size, "checksum": crc}
 
 

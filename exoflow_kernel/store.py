@@ -224,16 +224,18 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One DuckDB transaction on its own cursor: committed, or rolled back on error."""
         cur = self.con.cursor()
-        cur.execute("begin transaction")
         try:
-            yield cur
-        except BaseException:
-            cur.execute("rollback")
+            cur.execute("begin transaction")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("rollback")
+                raise
+            cur.execute("commit")
+        finally:
             cur.close()
-            raise
-        cur.execute("commit")
-        cur.close()
 
     # -- workflows ------------------------------------------------------------------
 

@@ -233,6 +233,12 @@ def test_torn_wal_tail_drops_the_last_commit_whole_and_resume_redoes_it_once(tmp
 
 
 # -- a full disk and a read-only store (size-limited tmpfs mounts) -------------------------------
+#
+# The workflow that hits the full disk is a single task on purpose: when a task fails while
+# others are in flight, the coordinator ray.cancel()s them, and Ray 2.60 can then abort the
+# whole driver process (RAY_CHECK "Tried to complete task that was not pending", a race
+# between cancel and the task's reply; see ray-project/ray#54798 for its sibling), which
+# would take the pytest process down with it. Reported to the engine; not what we test here.
 
 
 @pytest.fixture
@@ -280,36 +286,31 @@ def test_full_disk_fails_the_checkpoint_clearly_and_loses_nothing(small_disk):
     store = _committed_baseline(small_disk)
     filler = _fill(small_disk, leave=600_000)
     with pytest.raises(exo.ExoflowError, match="No space left on device") as info:
-        exo.run(size_of.bind(blob_of.bind(2_000_000)), workflow_id="too-big")
+        exo.run(blob_of.bind(2_000_000), workflow_id="too-big")
     assert "blob_of" in str(info.value) and "too-big" in str(info.value)
     assert exo.status("too-big") == "FAILED"
     assert not list((store / "blobs" / "too-big").glob("blob_of.*.blob")), "a partial blob was committed"
     _baseline_intact()
 
     filler.unlink()  # room again: the same workflow resumes and finishes
-    assert exo.resume("too-big") == 2_000_000
+    assert exo.resume("too-big") == bytes(2_000_000)
     assert exo.status("too-big") == "SUCCESSFUL"
     _baseline_intact()
 
 
-@pytest.mark.xfail(strict=True, reason="engine: a full disk while writing a blob (blobs.write_file, called by "
-                   "executor.checkpoint_value) surfaces as WorkflowFailedError('... OSError: [Errno 28] No space "
-                   "left on device') with no store path; it should be a StoreError naming the store/blob path")
 def test_full_disk_error_names_the_store(small_disk):
     store = _committed_baseline(small_disk)
     _fill(small_disk, leave=600_000)
     with pytest.raises(exo.ExoflowError) as info:
-        exo.run(size_of.bind(blob_of.bind(2_000_000)), workflow_id="too-big")
+        exo.run(blob_of.bind(2_000_000), workflow_id="too-big")
     assert str(store) in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="engine: blobs.write_file leaves its temp file (.<name>.<pid>.tmp) "
-                   "behind when a write fails (no cleanup on error), so a full disk stays full")
 def test_full_disk_leaves_no_partial_temp_file(small_disk):
     store = _committed_baseline(small_disk)
     _fill(small_disk, leave=600_000)
     with pytest.raises(exo.ExoflowError):
-        exo.run(size_of.bind(blob_of.bind(2_000_000)), workflow_id="too-big")
+        exo.run(blob_of.bind(2_000_000), workflow_id="too-big")
     assert not list((store / "blobs").rglob("*.tmp"))
 
 
@@ -317,7 +318,7 @@ def test_full_disk_during_the_duckdb_commit_loses_nothing_committed(small_disk):
     """The blob fits, the group commit's WAL write does not: the transaction rolls back."""
     _committed_baseline(small_disk)
     filler = _fill(small_disk, leave=600_000)
-    with pytest.raises(Exception) as info:  # see the xfail below for the error we want
+    with pytest.raises(exo.StoreError) as info:
         exo.run(save.bind(100_000), workflow_id="rows-too-big")
     assert "No space left on device" in str(info.value)
     _baseline_intact()  # still readable in this process, and no partial rows
@@ -326,11 +327,6 @@ def test_full_disk_during_the_duckdb_commit_loses_nothing_committed(small_disk):
     assert exo.sql("select count(*), count(distinct id) from sales") == [(100_100, 100_000)]
 
 
-@pytest.mark.xfail(strict=True, reason="engine: when DuckDB cannot write its WAL (disk full), commit.apply "
-                   "retries one task at a time and _apply_one_by_one reports the IO error as the task's fault "
-                   "(WorkflowFailedError 'its rows could not be written', task marked failed); if that retry's own "
-                   "transaction fails too, the raw duckdb.TransactionException escapes exo.run. Either way it "
-                   "should be a StoreError naming the store, and no task should be blamed")
 def test_full_disk_during_the_duckdb_commit_is_a_store_error(small_disk):
     store = _committed_baseline(small_disk)
     _fill(small_disk, leave=600_000)
