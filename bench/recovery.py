@@ -272,6 +272,10 @@ def main() -> None:
     args = parse_args()
     if args.phase:
         shape, n = args.shapes, int(args.tasks)
+        # A 1000-deep chain is a 1000-deep nested DAG: pickling it for resume (the engine's
+        # _pickle_graph, like Ray Workflows' DAG scanner) needs more than Python's default
+        # recursion limit of 1000. Same workaround as baselines/rayworkflows_recovery.py.
+        sys.setrecursionlimit(max(sys.getrecursionlimit(), 20 * n + 1000))
         (phase_crash if args.phase == "crash" else phase_resume)(args.store, shape, n)
         return
     sizes = [int(x) for x in args.tasks.split(",")]
