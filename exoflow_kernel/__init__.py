@@ -11,7 +11,7 @@
 
 from .api import (
     TaskRecord, cancel, close, context, continuation, delete, graph, init, lineage, list_workflows, output,
-    resume, run, run_async, send_event, sql, status, task, wait_for_event,
+    resume, run, run_async, send_event, sql, status, stored_graph, task, wait_for_event,
 )
 from .errors import *  # noqa: F401,F403 - every error is part of the public surface
 from .errors import ExoflowError
@@ -20,6 +20,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "TaskRecord", "cancel", "close", "context", "continuation", "delete", "graph", "init", "lineage",
-    "list_workflows", "output", "resume", "run", "run_async", "send_event", "sql", "status", "task",
+    "list_workflows", "output", "resume", "run", "run_async", "send_event", "sql", "status", "stored_graph", "task",
     "wait_for_event", "ExoflowError",
 ]

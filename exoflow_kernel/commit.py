@@ -163,9 +163,11 @@ def finish_run(store: Store, workflow_id: str, status: str, error: str | None) -
 
 
 def replace_graph(store: Store, workflow_id: str, root: str, dag: bytes, tasks: list[tuple]) -> None:
-    """A workflow that grew (notebooks): store its new graph; add the tasks it did not have."""
-    known = {row[0] for row in store.task_rows(workflow_id)}
+    """A workflow that changed (notebooks): store its new graph, and the current options
+    of its tasks (tasks it no longer has keep their rows and history)."""
     with store.transaction() as cur:
         cur.execute("update exoflow.workflows set root_task = ?, dag = ?, updated_at = now() where workflow_id = ?",
                     [root, dag, workflow_id])
-        _insert(cur, "exoflow.tasks", [(workflow_id, *row) for row in tasks if row[0] not in known])
+        cur.execute("delete from exoflow.tasks where workflow_id = ? and list_contains(?, task_id)",
+                    [workflow_id, [row[0] for row in tasks]])
+        _insert(cur, "exoflow.tasks", [(workflow_id, *row) for row in tasks])

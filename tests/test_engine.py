@@ -256,3 +256,9 @@ def test_a_growing_workflow_reruns_only_what_changed(store, counter_dir):
     assert exo.resume("grow") == 321
     with pytest.raises(exo.WorkflowExistsError):
         exo.run(add.bind(a, c), workflow_id="grow")  # without changed=, a different graph is refused
+
+
+def test_changed_options_of_a_task_show_in_lineage(store):
+    exo.run(add.options(name="x").bind(1, 2), workflow_id="opts", changed=())
+    exo.run(add.options(name="x", checkpoint="async").bind(1, 2), workflow_id="opts", changed=["x"])
+    assert [(r.task_id, r.checkpoint) for r in exo.lineage("opts")] == [("x", "async")]
