@@ -166,3 +166,43 @@ def test_cli_polled_while_a_thousand_tasks_commit_never_breaks_the_writer(tmp_pa
     assert final == {"result": sum(range(N_WORK)), "rows": [N_WORK, N_WORK, sum(range(N_WORK))]}
     assert polls[-1] == ("SUCCESSFUL", N_WORK + 2)  # the last poll came after the driver exited
     assert any(status == "RUNNING" for status, _ in polls)
+
+
+CANCEL_RACE = """
+import time
+import exoflow_kernel as exo
+
+exo.init()
+
+@exo.task(max_retries=0)
+def part(i):
+    if i == 0:
+        raise ValueError("boom")
+    time.sleep(0.001 * (i % 7))
+    return i
+
+@exo.task
+def total(*xs):
+    return sum(xs)
+
+for k in range({rounds}):
+    try:
+        exo.run(total.bind(*[part.bind(i) for i in range(60)]), workflow_id=f"w{{k}}")
+    except exo.WorkflowFailedError:
+        pass
+print("survived", flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason="engine (flaky by nature): when a task fails, Coordinator._cancel_in_flight "
+                   "ray.cancel()s the other running tasks; on Ray 2.60 that races with their replies and aborts the "
+                   "whole driver (RAY_CHECK 'Tried to complete task that was not pending' in task_manager.cc, or "
+                   "'submitted_task_ref_count > 0' in reference_counter.cc): 2 of 3 runs of this script died")
+def test_a_failing_task_among_running_ones_never_aborts_the_driver(tmp_path):
+    """A task failure must fail the workflow, not kill the process (a notebook kernel)."""
+    env = {**{k: v for k, v in os.environ.items() if k != "EXOFLOW_STORE"},
+           "EXOFLOW_STORE": str(tmp_path / "store"), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(CANCEL_RACE.format(rounds=40))], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "survived" in proc.stdout, proc.stderr[-2000:]
