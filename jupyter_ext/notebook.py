@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 import exoflow_kernel as exo
-from exoflow_kernel.api import stored_graph  # not re-exported as exo.stored_graph yet
+from exoflow_kernel import stored_graph
 
 from .cells import CellNames, analyze, outputs
 from .tasks import ALL_CELLS, CellResult, CellSpec, capture_globals, cell_task, fingerprint
