@@ -183,9 +183,11 @@ class Coordinator:
         self._commit()
 
     def _finished(self) -> bool:
-        if self.error:
-            return not self.pending
-        return self.open_tasks == 0 and not self.pending
+        # After a failure or a cancel we stop at once, as ray.get does: tasks still
+        # running finish on their own and their results are ignored (never committed).
+        # We do not ray.cancel them: on Ray 2.60 that races with their replies and can
+        # abort the whole driver (RAY_CHECK in task_manager.cc), i.e. kill the kernel.
+        return bool(self.error) or (self.open_tasks == 0 and not self.pending)
 
     def _commit_due(self) -> bool:
         """Group commits: at most every COMMIT_INTERVAL, unless someone waits on durability."""
@@ -342,8 +344,8 @@ class Coordinator:
         return blobs.read_file(self.store.blobs / meta["location"])
 
     def _failed(self, task_id: str, exc: Exception) -> None:
-        if self.error is not None or isinstance(exc, ray.exceptions.TaskCancelledError):
-            return  # downstream of the first failure, or stopped on purpose
+        if self.error is not None:
+            return  # downstream of the first failure: that one is the story
         cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause else exc
         self._set_phase(self.tasks[task_id], "failed")
         self.batch.failures.append((task_id, f"{type(cause).__name__}: {cause}"))
@@ -355,21 +357,11 @@ class Coordinator:
     def _set_error(self, task_id: str, error: ExoflowError) -> None:
         if self.error is None:
             self.error = error
-            self._cancel_in_flight()
 
     def cancel(self) -> None:
         self.canceled = True
         self.error = self.error or WorkflowCanceledError(self.workflow_id)
-        self._cancel_in_flight()
         self.wake()
-
-    def _cancel_in_flight(self) -> None:
-        for run in self.tasks.values():
-            if run.phase == "running" and run.value is not None:
-                try:
-                    ray.cancel(run.value)
-                except Exception:  # already finished or gone: nothing to stop
-                    pass
 
     # -- committing --------------------------------------------------------------------
 
