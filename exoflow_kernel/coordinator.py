@@ -250,7 +250,7 @@ class Coordinator:
                                  checkpoint_mode(opts, run.task_id in self.results), opts.effect,
                                  str(self.store.blobs))
         faults.point("dispatch", run.task_id)
-        run.value, meta_ref = executor.remote_for(run.node.task).remote(run.spec, *refs)
+        run.value, meta_ref = executor.remote_for(run.node.task).remote(run.spec.to_wire(), *refs)
         self._watch(meta_ref, run.task_id, "exec")
         run.meta, run.persisted = None, None
         self._set_phase(run, "running")
@@ -314,7 +314,7 @@ class Coordinator:
             self._set_phase(run, "finished")
             self._expand(run, self._read_checkpoint_meta(meta))
         elif meta.get("persist"):  # async and large: write it off the critical path
-            self._watch(executor.persist.remote(run.value, run.spec), run.task_id, "persist")
+            self._watch(executor.persist.remote(run.value, run.spec.to_wire()), run.task_id, "persist")
         else:
             self._set_phase(run, "finished")
 

@@ -168,22 +168,34 @@ def _walk(obj: Any) -> Iterator[Any]:
 
 @dataclass
 class Graph:
-    """The workflow DAG: nodes by task id, their edges, and one topological order."""
+    """The workflow DAG: nodes by task id, their edges, and one topological order.
+
+    Edges are kept as plain lists (the coordinator asks for them per task, on its
+    hot path); :attr:`digraph` makes a networkx view when an algorithm needs one.
+    """
 
     nodes: dict[str, Node]
     ids: dict[int, str]
     root: str
-    digraph: nx.DiGraph
     topo: list[str]
+    ups: dict[str, list[str]]
+    downs: dict[str, list[str]]
 
     def upstream(self, task_id: str) -> list[str]:
-        return list(self.digraph.pred[task_id])
+        return self.ups[task_id]
 
     def downstream(self, task_id: str) -> list[str]:
-        return list(self.digraph.succ[task_id])
+        return self.downs[task_id]
 
     def order(self) -> list[str]:
         return self.topo
+
+    @property
+    def digraph(self) -> nx.DiGraph:
+        graph = nx.DiGraph()
+        graph.add_nodes_from(self.topo)
+        graph.add_edges_from((u, t) for t in self.topo for u in self.ups[t])
+        return graph
 
     def graft(self, sub: "Graph") -> None:
         """Add a continuation's sub-graph (its tasks come after ours in the order)."""
@@ -192,8 +204,8 @@ class Graph:
             if task_id not in self.nodes:
                 self.nodes[task_id] = sub.nodes[task_id]
                 self.topo.append(task_id)
-        self.digraph.add_nodes_from(sub.digraph.nodes)
-        self.digraph.add_edges_from(sub.digraph.edges)
+                self.ups[task_id] = sub.ups[task_id]
+                self.downs[task_id] = sub.downs[task_id]
 
 
 def build_graph(root: Node, prefix: str = "") -> Graph:
@@ -201,23 +213,31 @@ def build_graph(root: Node, prefix: str = "") -> Graph:
     if not isinstance(root, Node):
         raise InvalidOptionError("workflow root", root, "a node made with task.bind(...)")
     found: dict[int, Node] = {}
+    node_ups: dict[int, list[Node]] = {}
     stack = [root]
     while stack:
         node = stack.pop()
         if id(node) in found:
             continue
         found[id(node)] = node
-        stack.extend(node.upstream())
+        node_ups[id(node)] = node.upstream()
+        stack.extend(node_ups[id(node)])
+    # Bind order is topological (a node can only bind nodes that already exist),
+    # unless someone edited a node's arguments by hand: then networkx decides.
     in_order = sorted(found.values(), key=lambda n: n.order)
     ids = _assign_ids(in_order, prefix)
-    digraph = nx.DiGraph()
-    digraph.add_nodes_from(ids[id(n)] for n in in_order)
-    digraph.add_edges_from((ids[id(up)], ids[id(n)]) for n in in_order for up in n.upstream())
-    if not nx.is_directed_acyclic_graph(digraph):
-        raise CycleError([u for u, _ in nx.find_cycle(digraph)])
-    # Bind order is topological: a node can only bind nodes that already exist.
-    topo = [ids[id(n)] for n in in_order]
-    return Graph(nodes={ids[id(n)]: n for n in in_order}, ids=ids, root=ids[id(root)], digraph=digraph, topo=topo)
+    ups = {ids[id(n)]: list(dict.fromkeys(ids[id(u)] for u in node_ups[id(n)])) for n in in_order}
+    downs: dict[str, list[str]] = {t: [] for t in ups}
+    for task_id, task_ups in ups.items():
+        for u in task_ups:
+            downs[u].append(task_id)
+    graph = Graph({ids[id(n)]: n for n in in_order}, ids, ids[id(root)], [ids[id(n)] for n in in_order], ups, downs)
+    if any(n.order <= u.order for n in in_order for u in node_ups[id(n)]):
+        digraph = graph.digraph
+        if not nx.is_directed_acyclic_graph(digraph):
+            raise CycleError([u for u, _ in nx.find_cycle(digraph)])
+        graph.topo = list(nx.topological_sort(digraph))
+    return graph
 
 
 def _assign_ids(nodes: list[Node], prefix: str) -> dict[int, str]:
