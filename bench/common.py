@@ -12,6 +12,13 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH / "results"
 
+# ray.init() with no address JOINS the cluster named in /tmp/ray/ray_current_cluster when a
+# `ray start` cluster runs on the machine (other sessions' multi-node tests do that), and so
+# would the engine's own ray.init. A benchmark must own its cluster: "local" always starts a
+# new one. Set here, before any ray.init, so every subprocess (baselines, crash/resume
+# drivers) inherits it; an explicit RAY_ADDRESS from the user is kept.
+os.environ.setdefault("RAY_ADDRESS", "local")
+
 
 def wait_for_quiet(max_load: float | None, max_wait_s: float = 300.0) -> dict:
     """On a 2-core machine other sessions' tests move every figure: wait (bounded) until the
@@ -47,7 +54,8 @@ def machine() -> dict:
 
 
 def base_meta() -> dict:
-    return {"revision": engine_revision(), "when": time.strftime("%Y-%m-%dT%H:%M:%S"), **machine()}
+    return {"revision": engine_revision(), "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "ray_address": os.environ.get("RAY_ADDRESS"), **machine()}
 
 
 def aligned(head: tuple, body: list[tuple], left: int = 2) -> str:
