@@ -25,7 +25,7 @@ LEGEND: dict[str, tuple[str, str]] = {
 
 def render(workflow_id: str, records: Iterable, edges: Iterable[tuple[str, str]],
            parents: Iterable[tuple[str, str]] = ()) -> graphviz.Digraph:
-    dot = graphviz.Digraph(name=workflow_id, graph_attr={"rankdir": "LR", "label": workflow_id, "labelloc": "t"},
+    dot = graphviz.Digraph(name=workflow_id, graph_attr={"rankdir": "LR", "label": workflow_id, "labelloc": "t", "fontname": "Helvetica"},
                            node_attr={"shape": "box", "style": "rounded,filled", "fontname": "Helvetica"})
     for rec in records:
         colour = LEGEND.get(rec.state, LEGEND["pending"])[0]
@@ -34,8 +34,13 @@ def render(workflow_id: str, records: Iterable, edges: Iterable[tuple[str, str]]
         dot.edge(src, dst)
     for parent, child in parents:
         dot.edge(parent, child, style="dashed", arrowhead="none")
-    with dot.subgraph(name="cluster_legend") as legend:
-        legend.attr(label="legend", fontname="Helvetica")
-        for state, (colour, meaning) in LEGEND.items():
-            legend.node(f"legend:{state}", f"{state}: {meaning}", fillcolor=colour)
+    dot.node("legend", _legend_label(), shape="plaintext", style="")
     return dot
+
+
+def _legend_label() -> str:
+    """One compact row: a coloured cell per state, its meaning in small print below."""
+    cells = "".join(f'<td bgcolor="{colour}">{state}<br/><font point-size="9">{meaning}</font></td>'
+                    for state, (colour, meaning) in LEGEND.items())
+    return (f'<<table border="0" cellborder="1" cellspacing="0" cellpadding="4">'
+            f'<tr><td border="0">legend</td>{cells}</tr></table>>')
