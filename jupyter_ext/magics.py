@@ -4,7 +4,8 @@ One magic with sub-commands (fixed by DESIGN.md). Each sub-command's options
 are declared with IPython's ``magic_arguments`` on a small stub, so argparse
 does the checking and ``%exoflow?`` shows the real help of all of them. Every
 problem the user can fix is a ``UsageError`` saying what to do next; the
-logic lives in ``notebook.py``, the pictures in ``views.py``.
+logic lives in ``notebook.py``, the text in ``views.py``, the widgets (live DAG,
+recovery graph, lineage table) in ``widgets.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 import exoflow_kernel as exo
 
 from . import notebook as nb
-from . import views
+from . import views, widgets
 from .tasks import cell_task, unpack
 
 DEFAULT_WORKFLOW = "notebook"
@@ -152,20 +153,21 @@ class ExoflowMagics(Magics):
         _check_options(cell)
         book.register(cell)
         if not args.defer:
-            self._publish(book.run(book.with_downstream(cell.name), self.shell.user_ns), single=cell.name)
+            targets = book.with_downstream(cell.name)
+            report = widgets.live(book.workflow_id, lambda: book.run(targets, self.shell.user_ns))
+            self._publish(report, single=cell.name)
 
     def _do_run(self, args: Any) -> None:
         book = self._notebook(args.workflow)
-        self._publish(book.run(list(book.cells), self.shell.user_ns))
+        self._publish(widgets.live(book.workflow_id, lambda: book.run(list(book.cells), self.shell.user_ns)))
 
     def _do_resume(self, args: Any) -> None:
         workflow = self._workflow(args.workflow)
-        report, specs, graph = nb.resume(workflow)
+        report, specs, graph = widgets.live(workflow, lambda: nb.resume(workflow), title="recovery of")
         book = self.notebooks.setdefault(workflow, nb.Notebook(workflow))
         book.adopt(specs, graph)
         self.workflow_id = workflow
         self._publish(report)
-        views.show_graph(workflow)
 
     def _do_status(self, args: Any) -> None:
         print(views.states_table(self._workflow(args.workflow)))
@@ -175,10 +177,10 @@ class ExoflowMagics(Magics):
         print(views.workflows_table())
 
     def _do_graph(self, args: Any) -> None:
-        views.show_graph(self._workflow(args.workflow))
+        widgets.show_graph(self._workflow(args.workflow))
 
     def _do_lineage(self, args: Any) -> None:
-        print(views.lineage_table(self._workflow(args.workflow)))
+        widgets.show_lineage(self._workflow(args.workflow))
 
     # -- helpers ----------------------------------------------------------------------
 

@@ -1,9 +1,6 @@
-"""How workflows look in a notebook: text tables and the recovery graph.
-
-Every view is sent with a ``text/plain`` form beside any rich one, so it
-degrades to readable text in plain IPython, nbconvert and test transcripts.
-The state colours come from the engine's legend (``render.LEGEND``), so the
-notebook, the SVG and the CLI agree.
+"""How workflows look as text: the tables printed by the magics and used as the
+``text/plain`` form of every widget (``widgets.py``), so each view degrades to
+readable text in plain IPython, nbconvert and test transcripts.
 """
 
 from __future__ import annotations
@@ -32,29 +29,16 @@ def states_table(workflow_id: str) -> str:
 def lineage_table(workflow_id: str) -> str:
     """Every field of ``exo.lineage``."""
     records = exo.lineage(workflow_id)
-    return table(exo.TaskRecord._fields, [_short(r) for r in records])
+    return table(exo.TaskRecord._fields, [short(r) for r in records])
 
 
-def _short(record: exo.TaskRecord) -> tuple:
+def short(record: exo.TaskRecord) -> tuple:
     return tuple(v.strftime("%H:%M:%S") if hasattr(v, "strftime") else v for v in record)
 
 
 def workflows_table() -> str:
     rows = exo.list_workflows()
     return table(("workflow", "status"), rows) if rows else "No workflows in this store yet."
-
-
-def show_graph(workflow_id: str) -> None:
-    """Display the recovery graph as SVG, with the state table as its text form."""
-    from IPython.display import display
-
-    text = states_table(workflow_id)
-    try:
-        svg = exo.graph(workflow_id).pipe(format="svg").decode()
-    except Exception:  # no graphviz binary: the text is the whole picture
-        print(text)
-        return
-    display({"image/svg+xml": svg, "text/plain": text}, raw=True)
 
 
 def resumable_banner() -> str | None:

@@ -190,7 +190,7 @@ def test_task_cells_run_publish_and_rerun_only_what_changed(kernels, tmp_path):
 
     svg = k.ok("%exoflow graph").data
     assert svg and "image/svg+xml" in svg[0] and "total" in svg[0]["image/svg+xml"]
-    lineage = k.ok("%exoflow lineage").stdout
+    lineage = k.ok("%exoflow lineage").data[0]["text/plain"]  # the table widget's text form
     assert lineage.startswith("task_id") and re.search(r"\ntotal\s+total\s+(committed|recovered|skipped)\s", lineage)
 
 
