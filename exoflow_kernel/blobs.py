@@ -32,14 +32,24 @@ class BlobUnreadable(Exception):
     """The blob is missing, truncated or fails its checksum."""
 
 
+def dumps(value: Any, out_of_band: bool = False) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """Pickle for another process: the C pickler when it can (several times faster on
+    plain data), else cloudpickle, which also handles lambdas, classes made at run time
+    and anything referring to ``__main__`` (a notebook's functions exist only there)."""
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        body = pickle.dumps(value, protocol=5, buffer_callback=buffers.append if out_of_band else None)
+        if b"__main__" not in body:
+            return body, buffers
+    except (pickle.PicklingError, AttributeError, TypeError):
+        pass
+    buffers = []
+    return cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append if out_of_band else None), buffers
+
+
 def dumps_parts(value: Any) -> list[memoryview]:
     """Pickle ``value`` into parts that can be written without copying big buffers."""
-    buffers: list[pickle.PickleBuffer] = []
-    try:  # the C pickler is several times faster on plain data...
-        body = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-    except (pickle.PicklingError, AttributeError, TypeError):
-        buffers.clear()  # ...cloudpickle also handles lambdas and classes made at run time
-        body = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    body, buffers = dumps(value, out_of_band=True)
     raws = [b.raw() for b in buffers]
     head = _HEAD.pack(len(raws), len(body)) + b"".join(_LEN.pack(r.nbytes) for r in raws)
     return [memoryview(MAGIC + head), memoryview(body), *raws]

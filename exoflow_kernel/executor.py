@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import cloudpickle
 import ray
 
 from . import blobs
@@ -54,7 +53,7 @@ class Spec:
         cheaper per task). The argument template travels pickled, or as None in the
         common case where the arguments are exactly the upstream values in order."""
         plain = not self.kwargs and all(isinstance(a, Slot) and a.index == i for i, a in enumerate(self.args))
-        template = None if plain else _dumps((self.args, self.kwargs))
+        template = None if plain else blobs.dumps((self.args, self.kwargs))[0]
         return (self.workflow_id, self.task_id, self.run, self.attempt, template, self.checkpoint,
                 self.effect, self.blob_root)
 
@@ -63,13 +62,6 @@ class Spec:
         workflow_id, task_id, run, attempt, template, checkpoint, effect, blob_root = wire
         args, kwargs = pickle.loads(template) if template is not None else (tuple(map(Slot, range(n_values))), {})
         return cls(workflow_id, task_id, run, attempt, args, kwargs, checkpoint, effect, blob_root)
-
-
-def _dumps(obj: Any) -> bytes:
-    try:
-        return pickle.dumps(obj, protocol=5)
-    except (pickle.PicklingError, AttributeError, TypeError):
-        return cloudpickle.dumps(obj, protocol=5)
 
 
 @dataclass(frozen=True)

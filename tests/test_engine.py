@@ -262,3 +262,31 @@ def test_changed_options_of_a_task_show_in_lineage(store):
     exo.run(add.options(name="x").bind(1, 2), workflow_id="opts", changed=())
     exo.run(add.options(name="x", checkpoint="async").bind(1, 2), workflow_id="opts", changed=["x"])
     assert [(r.task_id, r.checkpoint) for r in exo.lineage("opts")] == [("x", "async")]
+
+
+def test_arguments_and_events_made_in_main_reach_a_fresh_process(tmp_path):
+    """Functions and classes defined in __main__ (a notebook, a script) pickle by value."""
+    from conftest import run_script
+
+    store = tmp_path / "main-store"
+    first = run_script("""
+        import exoflow_kernel as exo
+        class Point:
+            def __init__(self, x): self.x = x
+        def double(p): return 2 * p.x
+        @exo.task
+        def apply(f, p): return f(p)
+        @exo.task
+        def combine(a, ev): return a + ev.x
+        f = exo.run_async(combine.bind(apply.bind(double, Point(20)), exo.wait_for_event("go")), workflow_id="m")
+        import time
+        while exo.status("m") != "RUNNING": time.sleep(0.05)
+        exo.send_event("m", "go", Point(2))
+        print("RESULT", f.result())
+    """, store)
+    assert first.returncode == 0 and "RESULT 42" in first.stdout, first.stderr[-2000:]
+    again = run_script("""
+        import exoflow_kernel as exo
+        print("RESULT", exo.output("m", task="event:go").x, exo.resume("m"))
+    """, store)
+    assert again.returncode == 0 and "RESULT 2 42" in again.stdout, again.stderr[-2000:]
