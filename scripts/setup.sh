@@ -49,6 +49,14 @@ else
     command -v dot >/dev/null 2>&1 || die "graphviz installed but \`dot\` is still not on PATH"
 fi
 
+# -- Debian's chromium: tests/test_browser.py drives it through Playwright -------------------
+# (Playwright's own browser downloads are never used; without chromium that test skips)
+if [ -x /usr/bin/chromium ]; then
+    say "chromium: /usr/bin/chromium already there"
+else
+    ( apt_install chromium ) || say "warning: chromium could not be installed; the browser test will skip"
+fi
+
 # -- the package, editable, with the test extra ------------------------------------------
 # Skip pip when this checkout is already installed with the same pyproject.toml.
 stamp_dir="${XDG_CACHE_HOME:-$HOME/.cache}/exoflow-notebooks"
@@ -70,4 +78,10 @@ else
     installed_here || die "the package did not install from $ROOT (see pip's output above)"
     mkdir -p "$stamp_dir" && : >"$stamp"
 fi
+python3 -c 'import nbval, playwright, jupyterlab, ipywidgets' 2>/dev/null || {
+    say "python3 -m pip install -e .[test] (notebook test tools missing)"
+    PIP_BREAK_SYSTEM_PACKAGES=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+        python3 -m pip install --quiet --no-input -e ".[test]" </dev/null
+    python3 -c 'import nbval, playwright, jupyterlab, ipywidgets' || die "nbval/playwright/jupyterlab did not install"
+}
 say "ready: $(python3 --version), $(dot -V 2>&1 | head -n1)"
