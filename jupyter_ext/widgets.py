@@ -41,6 +41,11 @@ T = TypeVar("T")
 _PROLOG = re.compile(r"^.*?(?=<svg\b)", re.S)
 
 
+def inline_svg(svg: str) -> str:
+    """A graphviz SVG document as an element for HTML: no XML prolog, scaled down to fit its output area."""
+    return _PROLOG.sub("", svg, count=1).replace("<svg ", '<svg style="max-width:100%;height:auto" ', 1)
+
+
 def has_kernel() -> bool:
     """True in a Jupyter kernel (a widget can be shown); False in terminal IPython or no IPython."""
     try:
@@ -106,7 +111,7 @@ class DagView(W.VBox):
             except Exception:  # no `dot`: the counts and the text table still tell it
                 self.svg = ""
             self._drawn = drawn
-            self._graph.value = _PROLOG.sub("", self.svg, count=1)
+            self._graph.value = inline_svg(self.svg)
         self._header.value = self.header_html()
 
     def finish(self) -> None:
@@ -143,7 +148,7 @@ class DagView(W.VBox):
         bundle = super()._repr_mimebundle_(**kwargs) or {}
         bundle["text/plain"] = self.text()
         bundle["text/html"] = (f'<div class="exoflow-dag">{self.header_html()}'
-                               f"{_PROLOG.sub('', self.svg, count=1)}</div>")
+                               f"{inline_svg(self.svg)}</div>")
         if self.svg:
             bundle["image/svg+xml"] = self.svg
         return bundle
