@@ -185,6 +185,7 @@ class Row:
     reexecuted: int = 0
     leftover_processes: int = 0
     passed: bool | None = None
+    failures: list[str] = field(default_factory=list)  # trials retried (set-up failures), recorded
 
 
 def trial(system: str, shape: str, n: int, fraction: float, tmp: str) -> dict:
@@ -291,7 +292,13 @@ def main() -> None:
                 for system in systems:
                     row = Row(system, shape, n, crash_task(shape, n, args.at))
                     for i in range(args.trials):
-                        row.trials.append(trial(system, shape, n, args.at, tmp))
+                        try:
+                            row.trials.append(trial(system, shape, n, args.at, tmp))
+                        except RuntimeError as exc:  # e.g. Ray's node start timing out on a loaded machine
+                            print(f"  {system} {shape} N={n} trial {i + 1}: {str(exc).splitlines()[0]}; "
+                                  f"retrying once", flush=True)
+                            row.failures.append(str(exc)[-2000:])
+                            row.trials.append(trial(system, shape, n, args.at, tmp))
                         print(f"  {system} {shape} N={n} trial {i + 1}/{args.trials}: "
                               f"resume {row.trials[-1]['resume_s']:.3f} s", flush=True)
                     rows.append(summarize(row, 1.0 if n == 1000 and system == "exoflow" else None))
