@@ -18,7 +18,7 @@ import ray
 from . import blobs, commit, executor, recovery
 from . import context as _context
 from .coordinator import Coordinator, live, live_workflows, notify_event, register, task_row, unregister
-from .dag import Continuation, EventNode, Node, TaskFunction, TaskOptions, build_graph
+from .dag import Continuation, EventNode, Graph, Node, TaskFunction, TaskOptions, build_graph, flatten, unflatten
 from .render import render
 from .errors import (
     CheckpointCorruptedError, EventError, InvalidOptionError, TaskNotFoundError, UnpicklableWorkflowError,
@@ -93,8 +93,8 @@ def _current_store() -> Store:
 
 
 def _ensure_ray(store: Store) -> None:
-    if executor.ensure_ray(_ray_address):
-        store.refresh_leftovers()
+    executor.ensure_ray(_ray_address)
+    store.refresh_leftovers()  # every run: Ray's agents may have started after ray.init returned
 
 
 def task(func: Callable | None = None, *, name: str | None = None, checkpoint: str | bool = "sync",
@@ -154,7 +154,7 @@ def run_async(node: Node, workflow_id: str | None = None, *,
         if exists and changed is None:
             _check_same_graph(store, workflow_id, graph)
             return _continue(store, workflow_id, graph)
-        stored = (graph.root, _pickle_graph(workflow_id, node), [task_row(graph, t) for t in graph.order()])
+        stored = (graph.root, _pickle_graph(workflow_id, graph), [task_row(graph, t) for t in graph.order()])
         if not exists:
             return _start(store, workflow_id, graph, new=stored)
         _check_not_live(store, workflow_id)
@@ -162,16 +162,16 @@ def run_async(node: Node, workflow_id: str | None = None, *,
         return _start(store, workflow_id, graph, stale=set(changed))
 
 
-def _pickle_graph(workflow_id: str, node: Node) -> bytes:
+def _pickle_graph(workflow_id: str, graph: Graph) -> bytes:
     try:
-        return cloudpickle.dumps(node)
+        return cloudpickle.dumps(flatten(graph))
     except Exception as exc:
         raise UnpicklableWorkflowError(workflow_id, f"{type(exc).__name__}: {exc}") from None
 
 
 def stored_graph(workflow_id: str):
     """The graph a workflow was last run with, as ``resume`` rebuilds it (for tools)."""
-    return build_graph(cloudpickle.loads(_current_store().workflow(workflow_id)[2]))
+    return build_graph(unflatten(cloudpickle.loads(_current_store().workflow(workflow_id)[2])))
 
 
 def resume(workflow_id: str) -> Any:

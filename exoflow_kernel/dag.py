@@ -249,3 +249,44 @@ def _assign_ids(nodes: list[Node], prefix: str) -> dict[int, str]:
         seen[name] = count + 1
         ids[id(node)] = prefix + (name if count == 0 else f"{name}.{count}")
     return ids
+
+
+@dataclass(frozen=True)
+class _Ref:
+    """In a flattened graph: "the node at this index"."""
+
+    index: int
+
+
+def flatten(graph: Graph) -> list[tuple]:
+    """The graph as a flat list (task, args, kwargs) in topological order, nodes as
+    indexes: it pickles without recursion, however deep the chain."""
+    index = {id(graph.nodes[t]): i for i, t in enumerate(graph.topo)}
+    out = []
+    for task_id in graph.topo:
+        node = graph.nodes[task_id]
+        args, kwargs = _swap((node.args, node.kwargs), lambda n: _Ref(index[id(n)]))
+        out.append((node.event_name if isinstance(node, EventNode) else node.task, args, kwargs))
+    return out
+
+
+def unflatten(flat: list[tuple]) -> Node:
+    """Rebuild the nodes of :func:`flatten` in the same bind order; return the root."""
+    nodes: list[Node] = []
+    for task, args, kwargs in flat:
+        if isinstance(task, str):
+            nodes.append(EventNode(task))
+            continue
+        args, kwargs = _swap((args, kwargs), lambda r: nodes[r.index], kind=_Ref)
+        nodes.append(Node(task, args, kwargs))
+    return nodes[-1]
+
+
+def _swap(obj: Any, fn: Callable, kind: type = Node) -> Any:
+    if isinstance(obj, kind):
+        return fn(obj)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_swap(x, fn, kind) for x in obj)
+    if isinstance(obj, dict):
+        return {k: _swap(v, fn, kind) for k, v in obj.items()}
+    return obj

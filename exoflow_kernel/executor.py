@@ -228,5 +228,5 @@ def ensure_ray(address: str | None = None) -> bool:
     if address:
         ray.init(address=address, log_to_driver=True)
         return False
-    ray.init(include_dashboard=False, log_to_driver=True)
+    ray.init(address="local", include_dashboard=False, log_to_driver=True)  # never someone's `ray start`
     return True

@@ -290,3 +290,12 @@ def test_arguments_and_events_made_in_main_reach_a_fresh_process(tmp_path):
         print("RESULT", exo.output("m", task="event:go").x, exo.resume("m"))
     """, store)
     assert again.returncode == 0 and "RESULT 2 42" in again.stdout, again.stderr[-2000:]
+
+
+def test_a_deep_chain_is_stored_and_resumed(store):
+    node = add.bind(0, 1)
+    for _ in range(1500):  # deeper than Python's recursion limit if pickled as nested nodes
+        node = add.bind(node, 1)
+    assert exo.run(node, workflow_id="deep") == 1501
+    assert len(exo.stored_graph("deep").nodes) == 1501
+    assert exo.resume("deep") == 1501
