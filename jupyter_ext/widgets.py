@@ -210,16 +210,15 @@ def live(workflow_id: str, work: Callable[[], T], title: str = "workflow") -> T:
     ``work`` returns or raises, the poller stops, the live output is blanked
     and the view is displayed with its final states (what a notebook keeps).
     """
-    if not has_kernel():
+    view = DagView(workflow_id, title)
+    if not has_kernel():  # terminal IPython: no widget, the final text
         try:
             return work()
         finally:
-            view = DagView(workflow_id, title)
             view.finish()
             print(view.text())
     from IPython.display import display
 
-    view = DagView(workflow_id, title)
     handle = display(view.live_bundle(), raw=True, display_id=True)
     stop = threading.Event()
 
