@@ -25,7 +25,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -34,6 +33,9 @@ from collections import Counter
 from pathlib import Path
 
 import exoflow_kernel as exo
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from proctree import kill_tree  # noqa: E402  (freeze the tree, then SIGKILL it)
 
 WORKFLOW_ID = "sales-demo"
 REGIONS = ["eu", "us", "apac", "latam", "mea", "nordics", "uk", "japan"]
@@ -142,52 +144,6 @@ def runs(counts: Path) -> Counter:
         if f.exists():
             c[task] = len(f.read_text().splitlines())
     return c
-
-
-def kill_tree(pid: int) -> list[str]:
-    """Freeze the driver and every descendant (so nothing new is spawned), then SIGKILL all."""
-    import psutil
-
-    root = psutil.Process(pid)
-    frozen: dict[int, psutil.Process] = {}
-    while True:  # stop until the tree is stable: a stopped process cannot fork
-        try:
-            tree = [root] + root.children(recursive=True)
-        except psutil.NoSuchProcess:
-            tree = [p for p in frozen.values()]
-        new = [p for p in tree if p.pid not in frozen]
-        if not new:
-            break
-        for p in new:
-            try:
-                p.send_signal(signal.SIGSTOP)
-                frozen[p.pid] = p
-            except psutil.NoSuchProcess:
-                frozen[p.pid] = p
-    names = []
-    for p in frozen.values():
-        try:
-            names.append(f"{p.pid}:{p.name()}")
-            p.kill()  # SIGKILL: no atexit, no Ray shutdown, no DuckDB close
-        except psutil.NoSuchProcess:
-            pass
-    deadline = time.monotonic() + 10
-    while True:  # gone, or a zombie (dead; only its parent's wait() is missing)
-        alive = [p for p in frozen.values() if _alive(p)]
-        if not alive:
-            return names
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"processes survived SIGKILL: {[p.pid for p in alive]}")
-        time.sleep(0.05)
-
-
-def _alive(p) -> bool:
-    import psutil
-
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def main() -> int:
