@@ -11,6 +11,7 @@ recovery graph, lineage table) in ``widgets.py``.
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any, Callable
 
 from IPython.core.error import UsageError
@@ -44,6 +45,8 @@ def _init(): """Open the store and choose the workflow this notebook's task cell
 @argument("--effect", choices=("transactional", "idempotent"), help="rows via exo.context().write, or a keyed call")
 @argument("--retries", type=int, default=3, metavar="N", help="retries after a worker dies (default 3)")
 @argument("--after", default="", metavar="A,B", help="also run after these task cells (dependencies the code hides)")
+@argument("--event", default="", metavar="NAME[,NAME]", help="wait for these events (exo.send_event): each payload "
+          "becomes a variable of that name; a button sends it while the cell waits")
 @argument("--defer", action="store_true", help="only register the cell; %%exoflow run runs it")
 def _task(): """Make this cell a task: inputs are names other task cells define, outputs the names it defines."""
 
@@ -149,25 +152,54 @@ class ExoflowMagics(Magics):
         options = nb.CellOptions(False if args.checkpoint == "off" else args.checkpoint,
                                  not args.nondeterministic, args.effect, args.retries)
         after = [a.strip() for a in args.after.split(",") if a.strip()]
-        cell = nb.make_cell(source, args.name, options, after, self.cell_id, f"cell_{len(book.cells) + 1}")
+        events = [e.strip() for e in args.event.split(",") if e.strip()]
+        cell = nb.make_cell(source, args.name, options, after, self.cell_id, f"cell_{len(book.cells) + 1}", events)
         _check_options(cell)
         book.register(cell)
         if not args.defer:
             targets = book.with_downstream(cell.name)
-            report = widgets.live(book.workflow_id, lambda: book.run(targets, self.shell.user_ns))
-            self._publish(report, single=cell.name)
+            self._run_cells(book, targets, cell.name, f"task cell {cell.name!r}")
 
     def _do_run(self, args: Any) -> None:
         book = self._notebook(args.workflow)
-        self._publish(widgets.live(book.workflow_id, lambda: book.run(list(book.cells), self.shell.user_ns)))
+        self._run_cells(book, list(book.cells), None, f"workflow {book.workflow_id!r}")
+
+    def _run_cells(self, book: nb.Notebook, targets: list[str], single: str | None, who: str) -> None:
+        """Run task cells with the live view; with a button for each event they still wait for."""
+        waiting = nb.undelivered(book.workflow_id, book.events(targets))
+        work = lambda: book.run(targets, self.shell.user_ns)  # noqa: E731
+        if waiting and not widgets.can_wait_for_clicks():  # no click can reach a blocked kernel: wait elsewhere
+            widgets.ask_for_events(book.workflow_id, waiting, who)
+            self._in_background(lambda: self._publish(work(), single=single))
+            return
+        self._publish(widgets.live(book.workflow_id, work, events=waiting), single=single)
 
     def _do_resume(self, args: Any) -> None:
         workflow = self._workflow(args.workflow)
-        report, specs, graph = widgets.live(workflow, lambda: nb.resume(workflow), title="recovery of")
-        book = self.notebooks.setdefault(workflow, nb.Notebook(workflow))
-        book.adopt(specs, graph)
+        waiting = nb.waiting_events(workflow)
+
+        def finish(result: tuple) -> None:
+            report, specs, graph = result
+            book = self.notebooks.setdefault(workflow, nb.Notebook(workflow))
+            book.adopt(specs, graph)
+            self._publish(report)
+
         self.workflow_id = workflow
-        self._publish(report)
+        if waiting and not widgets.can_wait_for_clicks():
+            widgets.ask_for_events(workflow, waiting, f"workflow {workflow!r}")
+            self._in_background(lambda: finish(nb.resume(workflow)))
+            return
+        finish(widgets.live(workflow, lambda: nb.resume(workflow), title="recovery of", events=waiting))
+
+    def _in_background(self, work: Callable[[], None]) -> None:
+        """Run ``work`` in a thread (the kernel stays free for the event); report a failure as a line."""
+        def run() -> None:
+            try:
+                work()
+            except Exception as exc:
+                print(f"ExoFlow: the background run failed: {type(exc).__name__}: {exc}")
+
+        threading.Thread(target=run, name="exoflow-waiting", daemon=True).start()
 
     def _do_status(self, args: Any) -> None:
         print(views.states_table(self._workflow(args.workflow)))

@@ -55,6 +55,8 @@ class TaskCell:
     options: CellOptions = CellOptions()
     after: tuple[str, ...] = ()
     cell_id: str | None = None
+    events: tuple[str, ...] = ()  # --event: each payload becomes a variable of the same name
+
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -71,7 +73,7 @@ class RunReport:
 
 
 def make_cell(source: str, name: str | None, options: CellOptions, after: Iterable[str],
-              cell_id: str | None, default_name: str) -> TaskCell:
+              cell_id: str | None, default_name: str, events: Iterable[str] = ()) -> TaskCell:
     """Analyse a cell's source into a :class:`TaskCell` (its name defaults to its first output)."""
     try:
         names = analyze(source)
@@ -83,7 +85,13 @@ def make_cell(source: str, name: str | None, options: CellOptions, after: Iterab
                             "(e.g. `result = ...`), or mark a cell run for its side effect with "
                             "--effect transactional|idempotent.")
     data = [o for o in outs if o not in names.imported]  # a cell is named after what it makes
-    return TaskCell(name or (data or outs or (default_name,))[0], source, names, options, tuple(after), cell_id)
+    events = tuple(dict.fromkeys(events))
+    bad = [e for e in events if not e.isidentifier()]
+    if bad:
+        raise NotebookError(f"--event {','.join(bad)}: an event's payload becomes a variable of the same name, so "
+                            "use a Python identifier (e.g. --event approved).")
+    return TaskCell(name or (data or outs or (default_name,))[0], source, names, options, tuple(after), cell_id,
+                    events)
 
 
 class Notebook:
@@ -103,6 +111,8 @@ class Notebook:
             del self.cells[old]  # the same notebook cell, renamed
         owners = self.owners()
         for out in cell.outputs:
+            if out in cell.events:
+                raise NotebookError(f"`{out}` is the payload of --event {out}; do not assign it in the same cell.")
             if owners.get(out, cell.name) != cell.name:
                 raise NotebookError(f"`{out}` is already an output of task cell {owners[out]!r}. Each name must come "
                                     f"from one task cell: rename it here (e.g. `{out}_2`), or prefix it with `_` "
@@ -160,6 +170,12 @@ class Notebook:
         if name not in nodes:
             ups = self.upstream(name)
             up_nodes = [self._node(up, namespace, nodes, specs, path + (name,)) for up, _ in ups]
+            for event in self.cells[name].events:  # the event's payload, as a result holding one variable
+                key = event_task_id(event)
+                if key not in nodes:
+                    nodes[key] = event_task(event).bind(event, exo.wait_for_event(event))
+                ups.append((key, (event,)))
+                up_nodes.append(nodes[key])
             spec = self._spec(self.cells[name], tuple(ups), namespace)
             opts = self.cells[name].options
             nodes[name] = cell_task(name, *opts.key()).bind(spec, *up_nodes)
@@ -200,6 +216,19 @@ class Notebook:
             results[single] = value
         return RunReport(results, ran, [n for n in specs if n != ALL_CELLS and n not in ran])
 
+    def events(self, names: Iterable[str]) -> list[str]:
+        """The events the cells ``names`` and their upstream cells wait for (``--event``), in order."""
+        out: list[str] = []
+        todo, seen = list(names), set()
+        while todo:
+            name = todo.pop(0)
+            if name in seen or name not in self.cells:
+                continue
+            seen.add(name)
+            out += [e for e in self.cells[name].events if e not in out]
+            todo += [up for up, _ in self.upstream(name)]
+        return out
+
     def with_downstream(self, name: str) -> list[str]:
         """``name`` and the cells after it that ran before here (their values are now stale)."""
         out, grew = [name], True
@@ -221,8 +250,51 @@ class Notebook:
             opts = graph.nodes[name].options
             options = CellOptions(opts.checkpoint, opts.deterministic, opts.effect, opts.max_retries)
             after = tuple(up for up, names in spec.inputs if not names)
-            self.cells[name] = TaskCell(name, spec.source, analyze(spec.source), options, after)
+            events = tuple(names[0] for up, names in spec.inputs if up == event_task_id(names[0] if names else ""))
+            self.cells[name] = TaskCell(name, spec.source, analyze(spec.source), options, after, events=events)
             self.fingerprints[name] = spec.fingerprint
+
+
+def event_task_id(event: str) -> str:
+    """Task id of the step that hands event ``event``'s payload to the cells waiting for it."""
+    return f"{event}.payload"
+
+
+def event_value(variable: str, payload: Any) -> CellResult:
+    return CellResult({variable: payload})
+
+
+_event_tasks: dict[str, Any] = {}
+
+
+def event_task(event: str) -> Any:
+    """A cheap task (no checkpoint: the event itself is durable) turning a payload into a cell result."""
+    if event not in _event_tasks:
+        _event_tasks[event] = exo.task(event_value, name=event_task_id(event), checkpoint=False)
+    return _event_tasks[event]
+
+
+def undelivered(workflow_id: str, events: Iterable[str]) -> list[str]:
+    """Those of ``events`` not yet sent to the workflow (all of them for a workflow not in the store)."""
+    events = list(events)
+    if not events:
+        return []
+    quoted = workflow_id.replace("'", "''")
+    try:
+        sent = {row[0] for row in exo.sql(f"select name from exoflow.events where workflow_id = '{quoted}'")}
+    except exo.ExoflowError:
+        sent = set()
+    return [e for e in events if e not in sent]
+
+
+def waiting_events(workflow_id: str) -> list[str]:
+    """Events the stored graph of a workflow waits for that nobody has sent yet."""
+    try:
+        graph = stored_graph(workflow_id)
+    except exo.WorkflowNotFoundError:
+        return []
+    names = [n.event_name for n in graph.nodes.values() if hasattr(n, "event_name")]
+    return undelivered(workflow_id, dict.fromkeys(names))
 
 
 def stored_specs(workflow_id: str, graph: Any = None) -> dict[str, CellSpec]:
