@@ -234,9 +234,9 @@ def live(workflow_id: str, work: Callable[[], T], title: str = "workflow", event
     asked = None
     if events:
         box, buttons = _event_prompt(workflow_id, list(events))
-        asked = display({**(box._repr_mimebundle_() or {}), "text/plain": ""}, raw=True, display_id=True)
-        for button in buttons:
+        for button in buttons:  # before the button can be seen, so its first click is routed too
             _route_clicks(button)
+        asked = display({**(box._repr_mimebundle_() or {}), "text/plain": ""}, raw=True, display_id=True)
     handle = display(view.live_bundle(), raw=True, display_id=True)
     stop = threading.Event()
 
