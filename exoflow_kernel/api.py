@@ -50,7 +50,8 @@ class TaskRecord(NamedTuple):
 
 
 def init(store: str | os.PathLike | None = None, *, ray_address: str | None = None) -> Store:
-    """Open (or switch to) a store; Ray starts on the first run, or joins ``ray_address``."""
+    """Open (or switch to) a store; Ray starts on the first run, or joins ``ray_address``
+    (default ``$EXOFLOW_RAY_ADDRESS``; with neither, a local Ray of our own is started)."""
     return open_store(store, ray_address=ray_address)
 
 
@@ -93,7 +94,7 @@ def _current_store() -> Store:
 
 
 def _ensure_ray(store: Store) -> None:
-    executor.ensure_ray(_ray_address)
+    executor.ensure_ray(_ray_address or os.environ.get("EXOFLOW_RAY_ADDRESS") or None)
     store.refresh_leftovers()  # every run: Ray's agents may have started after ray.init returned
 
 

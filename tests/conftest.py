@@ -22,9 +22,19 @@ def ray_cluster():
 
     if not ray.is_initialized():
         path = os.pathsep.join([str(ROOT / "tests"), str(ROOT)])
-        ray.init(include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+        ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_cluster) -> str:
+    """The session's Ray, for driver subprocesses to join (``$EXOFLOW_RAY_ADDRESS``) instead of
+    starting a Ray each: a kill -9'd driver that joined a cluster takes only itself down, and
+    Ray ends the tasks it owned."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address
 
 
 @pytest.fixture

@@ -34,8 +34,8 @@ def cli(store: Path, *args: str) -> subprocess.CompletedProcess:
                           env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=180)
 
 
-def test_two_resumes_at_once_run_the_workflow_once(tmp_path, payments):
-    trial = Trial(tmp_path, payments, "race")
+def test_two_resumes_at_once_run_the_workflow_once(tmp_path, payments, ray_address):
+    trial = Trial(tmp_path, payments, "race", ray_address)
     crash(trial, crash_at="dispatch:save")
     committed_before, counts_before, leftovers = trial.committed(), trial.counts(), trial.leftovers()
     barrier = tmp_path / "barrier"

@@ -17,8 +17,13 @@ def payments():
     service.close()
 
 
-def test_failure_free_run(tmp_path, payments):
-    trial = Trial(tmp_path, payments, "clean")
+# Crash points whose driver starts its own Ray, so kill -9 takes that Ray down too and the
+# resume must clean up what it left; the others join the session's Ray (much faster).
+OWN_RAY = {"in-commit:save", "committed:charge"}
+
+
+def test_failure_free_run(tmp_path, payments, ray_address):
+    trial = Trial(tmp_path, payments, "clean", ray_address)
     result = trial.finish(trial.start("run"))
     check_exactly_once(trial, result, set(), {})
     assert all(n == 1 for n in trial.counts().values())
@@ -35,8 +40,9 @@ def test_failure_free_run(tmp_path, payments):
     "dispatch:charge",      # intent durable, call not made
     "committed:charge",     # idempotent call committed
 ])
-def test_crash_point_then_resume(tmp_path, payments, crash_at):
-    trial = Trial(tmp_path, payments, "wf-" + crash_at.replace(":", "-"))
+def test_crash_point_then_resume(tmp_path, payments, ray_address, crash_at):
+    address = None if crash_at in OWN_RAY else ray_address
+    trial = Trial(tmp_path, payments, "wf-" + crash_at.replace(":", "-"), address)
     crash(trial, crash_at=crash_at)
     resume_and_check(trial)
 
@@ -49,8 +55,8 @@ def test_crash_while_a_task_runs(tmp_path, payments):
     assert lineage_states(trial)["save"] == "re-executed"
 
 
-def test_crash_after_idempotent_call_is_reported_ambiguous(tmp_path, payments):
-    trial = Trial(tmp_path, payments, "wf-ambiguous")
+def test_crash_after_idempotent_call_is_reported_ambiguous(tmp_path, payments, ray_address):
+    trial = Trial(tmp_path, payments, "wf-ambiguous", ray_address)
     crash(trial, pause_at="charge")
     resume_and_check(trial)
     key = "exo:wf-ambiguous:charge"

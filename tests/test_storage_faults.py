@@ -188,8 +188,8 @@ def _check_checkpoints_read_back(trial: Trial, log: list[tuple]) -> None:
             blobs.read_file(path)
 
 
-def test_kill_inside_a_commit_leaves_a_readable_db_with_every_earlier_commit(tmp_path, payments):
-    trial = Trial(tmp_path, payments, "cut-in-commit")
+def test_kill_inside_a_commit_leaves_a_readable_db_with_every_earlier_commit(tmp_path, payments, ray_address):
+    trial = Trial(tmp_path, payments, "cut-in-commit", ray_address)
     crash(trial, crash_at="in-commit:save")  # kill -9 between the rows' INSERT and COMMIT
     log = _log(trial)  # opens: DuckDB replays its WAL up to the last whole commit
     committed = {row[0] for row in log}
@@ -204,14 +204,14 @@ def test_kill_inside_a_commit_leaves_a_readable_db_with_every_earlier_commit(tmp
     assert not {row[0] for row in after[len(log):]} & committed, "a committed task committed again"
 
 
-def test_torn_wal_tail_drops_the_last_commit_whole_and_resume_redoes_it_once(tmp_path, payments):
+def test_torn_wal_tail_drops_the_last_commit_whole_and_resume_redoes_it_once(tmp_path, payments, ray_address):
     """Honest report: DuckDB fsyncs its WAL on COMMIT, so a torn tail needs the disk to
     lose acknowledged bytes. If it happens, DuckDB silently drops the torn transaction
     on replay (no error): the engine cannot know that commit ever existed. What we
     can promise, and check here, is that it goes *whole* (the task's commit, its
     rows and its effect record together), everything before it is intact, and a
     resume redoes that task once: rows exactly once, one charge per key."""
-    trial = Trial(tmp_path, payments, "torn-wal")
+    trial = Trial(tmp_path, payments, "torn-wal", ray_address)
     crash(trial, crash_at="committed:save")  # kill -9 right after save's commit
     wal = trial.store / "lineage.duckdb.wal"
     assert wal.exists(), "expected the last commits to be in the WAL after a kill -9"

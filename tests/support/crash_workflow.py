@@ -103,7 +103,19 @@ def build():
     return summary.bind(total.bind(squares.bind(parts)), saved, charge.bind(saved, p), countdown.bind(2), p)
 
 
+def join_shared_ray() -> None:
+    """With $EXOFLOW_RAY_ADDRESS, join that Ray ourselves: its workers do not inherit our
+    environment, so the variables the tasks read travel in this job's runtime_env."""
+    address = os.environ.get("EXOFLOW_RAY_ADDRESS")
+    if address:
+        import ray
+
+        names = ("COUNTERS", "PAYMENTS", "PAUSE_AT", "PYTHONPATH")
+        ray.init(address=address, runtime_env={"env_vars": {k: os.environ[k] for k in names if k in os.environ}})
+
+
 if __name__ == "__main__":
     verb, workflow_id = sys.argv[1], sys.argv[2]
+    join_shared_ray()
     result = exo.run(build(), workflow_id=workflow_id) if verb == "run" else exo.resume(workflow_id)
     print("RESULT " + json.dumps(result))

@@ -18,10 +18,12 @@ import time
 from pathlib import Path
 
 import exoflow_kernel as exo
+from crash_workflow import join_shared_ray
 
 REFUSED = 3
 
 if __name__ == "__main__":
+    join_shared_ray()  # before the barrier: the race is for the store, not for Ray
     barrier = Path(os.environ["BARRIER"])
     (barrier / f"ready.{os.getpid()}").touch()
     deadline = time.time() + 120

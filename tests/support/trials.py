@@ -30,15 +30,21 @@ EXPECTED = {"total": sum(x * x for x in range(30)), "saved": 30, "countdown": 2}
 class Trial:
     """One workflow in its own store, driven by subprocesses we can kill."""
 
-    def __init__(self, tmp_path: Path, payments: PaymentService, workflow_id: str) -> None:
+    def __init__(self, tmp_path: Path, payments: PaymentService, workflow_id: str,
+                 ray_address: str | None = None) -> None:
+        """``ray_address``: drivers join that Ray (fast); without it each starts its own, and
+        kill -9 takes that Ray down with the driver (the leftovers check then means something)."""
         self.store = tmp_path / "store"
+        self.ray_address = ray_address
         self.counters = tmp_path / "counters"
         self.counters.mkdir()
         self.payments = payments
         self.workflow_id = workflow_id
 
     def env(self, **extra: str) -> dict:
-        env = {k: v for k, v in os.environ.items() if k not in ("EXOFLOW_CRASH_AT", "PAUSE_AT")}
+        env = {k: v for k, v in os.environ.items() if k not in ("EXOFLOW_CRASH_AT", "PAUSE_AT", "EXOFLOW_RAY_ADDRESS")}
+        if self.ray_address:
+            env["EXOFLOW_RAY_ADDRESS"] = self.ray_address
         return {**env, "EXOFLOW_STORE": str(self.store), "COUNTERS": str(self.counters),
                 "PAYMENTS": self.payments.url, "PYTHONPATH": str(ROOT), **extra}
 
