@@ -69,8 +69,11 @@ def open_store(store: str | os.PathLike | None = None, *, ray_address: str | Non
         _ray_address = ray_address or _ray_address
         if _store is not None and _store.root == root:
             return _store
+        if _store is not None and live_workflows(_store):
+            close()  # refused: a workflow of this process runs on the current store
+        new = Store(root, role=role)  # a bad path fails here, and the current store stays open
         close()
-        _store = Store(root, role=role)
+        _store = new
         _store.live = lambda: live_workflows(_store)
         _store.on_event = lambda wf, s=_store: notify_event(s, wf)
         return _store
@@ -172,11 +175,12 @@ def _pickle_graph(workflow_id: str, graph: Graph) -> bytes:
 
 def stored_graph(workflow_id: str):
     """The graph a workflow was last run with, as ``resume`` rebuilds it (for tools)."""
-    return build_graph(unflatten(cloudpickle.loads(_current_store().workflow(workflow_id)[2])))
+    return build_graph(unflatten(cloudpickle.loads(_current_store().workflow(_check_id(workflow_id))[2])))
 
 
 def resume(workflow_id: str) -> Any:
     """Carry on a workflow after a crash, a failure or a cancel; return its result."""
+    _check_id(workflow_id)
     store = _current_store()
     with _lock:
         store.workflow(workflow_id)
@@ -260,6 +264,7 @@ def _check_not_live(store: Store, workflow_id: str) -> None:
 
 def status(workflow_id: str) -> str:
     """RUNNING, SUCCESSFUL, FAILED, RESUMABLE (its owner died) or CANCELED."""
+    _check_id(workflow_id)
     store = _current_store()
     stored = store.workflow(workflow_id)[0]
     return _effective_status(store, workflow_id, stored)
@@ -282,9 +287,10 @@ def list_workflows(status: str | None = None) -> list[tuple[str, str]]:
 
 def output(workflow_id: str, task: str | None = None) -> Any:
     """The committed output of a task (default: the workflow's result)."""
+    _check_id(workflow_id)
     store = _current_store()
     _, root, _, _ = store.workflow(workflow_id)
-    task_id = _find_task(store, workflow_id, task) if task else root
+    task_id = _find_task(store, workflow_id, task) if task is not None else root
     checkpoints = store.checkpoints(workflow_id)
     states = store.latest_states(workflow_id)
     while True:
@@ -320,6 +326,7 @@ def _find_task(store: Store, workflow_id: str, task: str) -> str:
 
 def lineage(workflow_id: str) -> list[TaskRecord]:
     """One record per task: state (recovery-aware), attempts, timing, output size."""
+    _check_id(workflow_id)
     store = _current_store()
     live_now = status(workflow_id) == "RUNNING"
     labels = store.last_plan(workflow_id)
@@ -370,6 +377,7 @@ def graph(workflow_id: str):
 
 def cancel(workflow_id: str) -> None:
     """Stop a running workflow (in-flight tasks are canceled); resume continues it."""
+    _check_id(workflow_id)
     store = _current_store()
     status_ = store.workflow(workflow_id)[0]
     coordinator = live(store, workflow_id)
@@ -382,6 +390,7 @@ def cancel(workflow_id: str) -> None:
 
 def delete(workflow_id: str) -> None:
     """Remove a workflow, its lineage and its checkpoints (not rows it wrote)."""
+    _check_id(workflow_id)
     store = _current_store()
     store.workflow(workflow_id)
     _check_not_live(store, workflow_id)
@@ -391,6 +400,7 @@ def delete(workflow_id: str) -> None:
 
 def send_event(workflow_id: str, name: str, payload: Any = None) -> bool:
     """Deliver an event durably; a resumed workflow never waits for it again."""
+    _check_id(workflow_id)
     EventNode(name)  # validates the name
     try:
         data = cloudpickle.dumps(payload)

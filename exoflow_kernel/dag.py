@@ -10,13 +10,15 @@ the same graph finds the same ids in the store.
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
+import weakref
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator
 
 import networkx as nx
 
-from .errors import CycleError, InvalidOptionError
+from .errors import CycleError, InvalidOptionError, TaskArgumentsError
 
 _CHECKPOINT_MODES = ("sync", "async", False)
 _EFFECTS = (None, "transactional", "idempotent")
@@ -49,9 +51,19 @@ class TaskOptions:
             raise InvalidOptionError("max_retries", self.max_retries, "an integer >= 0")
         if self.name is not None and (not isinstance(self.name, str) or not _valid_name(self.name)):
             raise InvalidOptionError("name", self.name, "a non-empty string without '/' or whitespace")
+        if not _retry_exceptions_ok(self.retry_exceptions):
+            raise InvalidOptionError("retry_exceptions", self.retry_exceptions,
+                                     "True, False or a list of exception classes (e.g. [ValueError])")
+        if isinstance(self.retry_exceptions, list):
+            object.__setattr__(self, "retry_exceptions", tuple(self.retry_exceptions))
         if isinstance(self.wait_until_committed, str):
             object.__setattr__(self, "wait_until_committed", (self.wait_until_committed,))
+        if not isinstance(self.wait_until_committed, (list, tuple)) or not all(
+                isinstance(n, str) and n for n in self.wait_until_committed):
+            raise InvalidOptionError("wait_until_committed", self.wait_until_committed,
+                                     "a task name or a list of task names")
         object.__setattr__(self, "wait_until_committed", tuple(self.wait_until_committed))
+        _check_ray_options(self.ray_options)
         self._check_combinations()
 
     def _check_combinations(self) -> None:
@@ -79,6 +91,42 @@ def _valid_name(name: str) -> bool:
     return bool(name) and "/" not in name and not any(c.isspace() for c in name)
 
 
+def _retry_exceptions_ok(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(e, type) and issubclass(e, BaseException) for e in value)
+
+
+_OURS = {"num_returns": "nothing: a task returns one value (return a tuple for several)",
+         "max_retries": "max_retries as an exo.task option", "retry_exceptions": "retry_exceptions as an exo.task option",
+         "name": "name as an exo.task option"}
+
+
+def _check_ray_options(options: dict) -> None:
+    """Check Ray options when the task is declared, not when the first run submits it
+    (there a typo would surface as a raw Ray error in the middle of a workflow)."""
+    for key, value in options.items():
+        if key in _OURS:
+            raise InvalidOptionError(key, value, _OURS[key])
+    try:
+        from ray._common.ray_option_utils import task_options, validate_task_options
+    except ImportError:  # another Ray layout: Ray checks them at the first submission instead
+        return
+    for key, value in options.items():
+        if key not in task_options:
+            known = ", ".join(k for k in task_options if not k.startswith("_") and k not in _OURS)
+            raise InvalidOptionError(key, value, f"a Ray task option ({known}); check the spelling")
+    try:
+        validate_task_options(dict(options), in_options=False)
+    except (TypeError, ValueError) as exc:
+        key = next((k for k in options if repr(k) in str(exc) or k in str(exc)), next(iter(options)))
+        raise InvalidOptionError(key, options[key], f"a valid Ray option value ({exc})") from None
+
+
+_signatures: "weakref.WeakKeyDictionary[TaskFunction, inspect.Signature | None]" = weakref.WeakKeyDictionary()
+
+
 class TaskFunction:
     """A function turned into a workflow task by ``@exo.task``."""
 
@@ -95,7 +143,25 @@ class TaskFunction:
 
     def bind(self, *args: Any, **kwargs: Any) -> "Node":
         """Make a lazy node: nothing runs until ``exo.run``."""
+        signature = self._signature()
+        if signature is not None:
+            try:
+                signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise TaskArgumentsError(self.name, str(exc), str(signature)) from None
         return Node(self, args, kwargs)
+
+    def _signature(self) -> "inspect.Signature | None":
+        """The function's signature, found once (None if Python cannot tell it)."""
+        try:
+            return _signatures[self]
+        except KeyError:
+            try:
+                sig = inspect.signature(self.func)
+            except (TypeError, ValueError):
+                sig = None
+            _signatures[self] = sig
+            return sig
 
     def options(self, **changes: Any) -> "TaskFunction":
         """A copy of this task with other options (Ray options pass through)."""

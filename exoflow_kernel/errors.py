@@ -42,6 +42,18 @@ class InvalidOptionError(ExoflowError, ValueError):
         )
 
 
+class TaskArgumentsError(ExoflowError, TypeError):
+    """``task.bind(...)`` was given arguments the task's function cannot take."""
+
+    def __init__(self, task: str, reason: str, signature: str) -> None:
+        super().__init__(
+            f"{task}() cannot take these arguments ({reason}). Its signature is {task}{signature}: "
+            f"pass matching arguments to {task}.bind(...).",
+            task=task,
+            reason=reason,
+        )
+
+
 class CycleError(ExoflowError, ValueError):
     """The task graph has a cycle, so no order can run it."""
 
@@ -73,7 +85,8 @@ class TaskNotFoundError(ExoflowError, KeyError):
     def __init__(self, workflow_id: str, task_id: str, known: list[str]) -> None:
         shown = ", ".join(known[:10]) + (" ..." if len(known) > 10 else "")
         super().__init__(
-            f"Workflow {workflow_id!r} has no task {task_id!r}. Its tasks are: {shown}.",
+            f"Workflow {workflow_id!r} has no task {task_id!r}. Its tasks are: {shown}. "
+            "Pass one of these ids (or a task's name) as task=.",
             workflow_id=workflow_id,
             task_id=task_id,
         )
@@ -188,9 +201,10 @@ class StoreError(ExoflowError, OSError):
 class EventError(ExoflowError, ValueError):
     """An event name or payload cannot be used."""
 
-    def __init__(self, workflow_id: str, name: str, reason: str) -> None:
+    def __init__(self, workflow_id: str, name: str, reason: str,
+                 advice: str = "Send plain data (numbers, strings, lists, dicts, arrays) as the payload.") -> None:
         super().__init__(
-            f"Cannot send event {name!r} to workflow {workflow_id!r}: {reason}.",
+            f"Cannot send event {name!r} to workflow {workflow_id!r}: {reason}. {advice}",
             workflow_id=workflow_id,
             name=name,
         )
@@ -241,3 +255,20 @@ class UnpicklableWorkflowError(ExoflowError, TypeError):
 
 class CliError(ExoflowError):
     """A command-line failure outside the engine (graphviz missing, output not writable)."""
+
+
+class ActorLostError(ExoflowError, RuntimeError):
+    """A task's output held a Ray actor that died, and the task cannot be run again to remake it."""
+
+    def __init__(self, workflow_id: str, task_id: str, producer: str, actor_id: str, reason: str) -> None:
+        super().__init__(
+            f"Task {task_id!r} of workflow {workflow_id!r} used Ray actor {actor_id} from the output of task "
+            f"{producer!r}, and that actor died. An actor is a live process: its state cannot be checkpointed, "
+            f"so the engine remakes it by running {producer!r} again, but {reason}. "
+            f"Return plain data rather than actor handles from tasks whose output must survive, "
+            f"then exo.resume({workflow_id!r}).",
+            workflow_id=workflow_id,
+            task_id=task_id,
+            producer=producer,
+            actor_id=actor_id,
+        )

@@ -108,6 +108,8 @@ class Store:
     # -- opening --------------------------------------------------------------
 
     def _prepare_dir(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(str(self.root), "it is a file, not a directory, so it is not writable as a store")
         try:
             self.blobs.mkdir(parents=True, exist_ok=True)
             probe = self.root / f".probe.{os.getpid()}"
@@ -135,6 +137,10 @@ class Store:
             return duckdb.connect(str(path))
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower():
+                if "not a valid duckdb" in str(exc).lower():
+                    raise StoreError(str(self.root), f"{path.name} is not a DuckDB file ({exc})",
+                                     f"Move it away (or restore the store from a backup), or pick another "
+                                     "directory with exo.init(store=...).") from exc
                 raise StoreError(str(self.root), f"DuckDB cannot open {path.name}: {exc}") from exc
             self.owner = own.read_owner(self.root)
             if self.owner is None or not self.owner.alive():
