@@ -8,11 +8,12 @@
 * crashing that driver on purpose (:func:`start_driver`, :func:`wait_for`,
   :func:`crash`): its whole process tree, the local Ray it started included, gets SIGKILL.
 
-Two environment variables change only *when* things happen, never what they compute:
+Three environment variables change only *when* things happen, never what they compute:
 ``ETL_SLOW_SECONDS`` (each partition takes at least that long: the headless demo uses it
 to have time to kill a kernel mid-cell) and ``ETL_HOLD_PARTS`` (e.g. ``2,3``: those
 partitions wait until their process is killed, so the notebook's crash lands at the same
-point on every run).
+point on every run). ``ETL_TRACE_DIR``: each call of :func:`clean` appends a line to
+``ETL_TRACE_DIR/clean.log``, so a demo can count real executions.
 """
 
 from __future__ import annotations
@@ -108,8 +109,12 @@ def expected_sql(data_dir: str | os.PathLike) -> str:
 
 
 def _pace(path: str) -> None:
-    """Slow a partition down or hold it (see the module docstring); no effect by default."""
+    """Slow a partition down or hold it, and trace the call (see the module docstring);
+    no effect by default."""
     part = Path(path).stem.rsplit("-", 1)[-1]
+    if os.environ.get("ETL_TRACE_DIR"):
+        with open(os.path.join(os.environ["ETL_TRACE_DIR"], "clean.log"), "a") as f:
+            f.write(f"{part} {os.getpid()} {time.time():.3f}\n")
     if part in os.environ.get("ETL_HOLD_PARTS", "").split(","):
         time.sleep(600)  # until this process is killed
     time.sleep(float(os.environ.get("ETL_SLOW_SECONDS", "0") or 0))
