@@ -1,7 +1,9 @@
-"""Helpers every benchmark here shares: machine load, engine revision, aligned tables, JSON."""
+"""Helpers every benchmark here shares: machine load, engine revision, flags, the one table
+printer, the JSON results."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -10,7 +12,9 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-RESULTS_DIR = BENCH / "results"
+# Where the JSON (and plots) go: bench/results, or $BENCH_RESULTS (``make bench-quick`` uses
+# bench/results/quick, so a smoke run never overwrites the figures README quotes).
+RESULTS_DIR = Path(os.environ.get("BENCH_RESULTS") or BENCH / "results").resolve()
 
 # ray.init() with no address JOINS the cluster named in /tmp/ray/ray_current_cluster when a
 # `ray start` cluster runs on the machine (other sessions' multi-node tests do that), and so
@@ -31,6 +35,29 @@ def wait_for_quiet(max_load: float | None, max_wait_s: float = 300.0) -> dict:
             time.sleep(20)
             seen = os.getloadavg()[0]
     return {"max_load": max_load, "waited_s": round(time.monotonic() - started, 1), "load_at_start": seen}
+
+
+def ray_up(attempts: int = 3) -> None:
+    """``ray.init`` for a benchmark (2 CPUs, no dashboard), tried again when the node start times
+    out — Ray waits 30 s for its raylet, which a loaded 2-core machine can miss. The processes a
+    failed attempt left (our own children) are killed by pid before the next one."""
+    import psutil
+    import ray
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            return
+        except Exception as exc:  # Ray raises a bare Exception for this
+            if "timed out during startup" not in str(exc) or attempt == attempts:
+                raise
+            print(f"  ray.init timed out (attempt {attempt}/{attempts}, load {os.getloadavg()[0]:.1f}); again", flush=True)
+            ray.shutdown()
+            for proc in psutil.Process().children(recursive=True):
+                try:
+                    proc.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            time.sleep(5)
 
 
 def engine_revision() -> str:
@@ -73,3 +100,52 @@ def save(name: str, payload: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def add_load_flags(p: argparse.ArgumentParser) -> None:
+    """``--max-load`` / ``--max-wait``: every script can wait (bounded) for a quiet machine."""
+    p.add_argument("--max-load", type=float, default=None,
+                   help="wait until the 1-min load average is below this before measuring (bounded by --max-wait)")
+    p.add_argument("--max-wait", type=float, default=300, help="longest wait for --max-load, s (default 300)")
+
+
+def start(args: argparse.Namespace) -> dict:
+    """Wait for quiet if asked; the load seen before measuring, for the script's JSON meta."""
+    quiet = wait_for_quiet(args.max_load, args.max_wait)
+    return {**base_meta(), "quiet": quiet, "loadavg_before": os.getloadavg()}
+
+
+def target(id: str, workload: str, measure: str, figure: str, bound: str, passed: bool | None) -> dict:
+    """One of the issue's targets as a script measured it; ``report.py`` gathers them from every
+    ``results/*.json`` (key ``targets``) into one table. ``id`` names the target across runs
+    (``report.py`` lists the ids the issue asks for, to show what was not measured)."""
+    return {"id": id, "workload": workload, "measure": measure, "figure": figure, "target": bound, "passed": passed}
+
+
+def publish(name: str, table: str, meta: dict, results: list, targets: list[dict] | None = None) -> Path:
+    """The one way a script ends: its table, the load it ran under, its raw figures (and the
+    targets it checked, for ``report.py``) saved."""
+    meta["loadavg_after"] = os.getloadavg()
+    print()
+    print(table)
+    print(f"\nload average before/after: {meta['loadavg_before'][0]:.2f} / {meta['loadavg_after'][0]:.2f} "
+          f"on {meta['cpus']} cores (high load or spread: numbers are noisy, run again)")
+    path = save(name, {"meta": meta, "targets": targets or [], "results": results})
+    print(f"raw figures: {path}")
+    return path
+
+
+def spread_pct(samples: list[float]) -> float | None:
+    """(max - min) / median, in %: how noisy the samples were (None for one sample)."""
+    import statistics
+    if len(samples) < 2:
+        return None
+    return (max(samples) - min(samples)) / statistics.median(samples) * 100
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}%"
+
+
+def verdict(passed: bool | None) -> str:
+    return "-" if passed is None else ("pass" if passed else "MISS")

@@ -1,6 +1,6 @@
 """Data movement between two tasks against the disk floor, side by side in one run.
 
-Workload, for each payload size S (default 1 MB, 32 MB, 128 MB):
+Workload, for each payload size S (default 1 B, 128 KB, 1 MB, 32 MB, 128 MB):
 
 * ``ray``: ``use.remote(make.remote(S))`` and ``ray.get`` — ``make`` builds a NumPy
   uint8 array of S bytes, ``use`` receives it (through Ray's object store) and returns its
@@ -16,7 +16,7 @@ Every system gets one warm-up run per size, then the repeats go round-robin; med
 Target from the issue: 128 MB ``exo-sync`` <= ``ray`` + 1.25 x ``disk`` (the bound column
 shows the same formula at every size; only 128 MB is the target).
 
-    python bench/dataflow.py                       # 1MB,32MB,128MB, 3 repeats
+    python bench/dataflow.py                       # 1B,128KB,1MB,32MB,128MB, 3 repeats
     python bench/dataflow.py --sizes 1MB,1GB --repeats 5
     python bench/dataflow.py --quick               # 1MB,32MB, 1 repeat
 """
@@ -32,25 +32,19 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import ray
 
 import exoflow_kernel as exo
-from common import aligned, base_meta, save, wait_for_quiet
+from common import add_load_flags, aligned, pct, publish, ray_up, spread_pct, start, target, verdict
+from workloads import make, use
 
 MODES = {"exo-sync": "sync", "exo-async": "async", "exo-off": False}
 SYSTEMS = ("disk", "ray", *MODES)
 TARGET_SIZE = 128 * 2**20
 UNITS = {"B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30}
-
-
-def make(nbytes: int) -> np.ndarray:
-    return np.ones(nbytes, dtype=np.uint8)
-
-
-def use(a: np.ndarray) -> int:
-    return int(a.nbytes)
 
 
 class Disk:
@@ -109,8 +103,14 @@ class ExoFlow:
 
 
 def time_once(system, nbytes: int) -> float:
-    """Set-up untimed, then one move timed; a wrong size fails loudly."""
+    """Set-up untimed, then one move timed; a wrong size fails loudly.
+
+    ``os.sync()`` first (untimed): a sample must not pay for the write-back of the bytes
+    the previous sample (maybe another system's) left dirty in the page cache, or an
+    fsync-ing system is charged for its predecessor's data.
+    """
     system.prepare(nbytes)
+    os.sync()
     started = time.perf_counter()
     value = system.move(nbytes)
     elapsed = time.perf_counter() - started
@@ -125,14 +125,15 @@ class Row:
     nbytes: int
     seconds: list[float] = field(default_factory=list)
     ms: float = 0.0
-    spread_pct: float = 0.0
     mb_per_s: float = 0.0
+    spread_pct: float | None = None
     bound_ms: float | None = None  # exo-sync only: ray + 1.25 x disk at this size
     passed: bool | None = None     # exo-sync at 128 MB only
 
 
-def measure(systems: list, sizes: list[int], repeats: int) -> list[Row]:
-    rows = {(s.name, n): Row(s.name, n) for n in sizes for s in systems}
+def measure(systems: list, sizes: list[int], repeats: int, row: type = Row) -> list:
+    """One warm-up per system and size, then the repeats round-robin; raw samples in ``row``s."""
+    rows = {(s.name, n): row(s.name, n) for n in sizes for s in systems}
     for n in sizes:
         for system in systems:
             time_once(system, n)
@@ -141,14 +142,14 @@ def measure(systems: list, sizes: list[int], repeats: int) -> list[Row]:
             for system in systems:
                 rows[system.name, n].seconds.append(time_once(system, n))
         print(f"  repeat {rep + 1}/{repeats} done", flush=True)
-    return summarize(list(rows.values()))
+    return list(rows.values())
 
 
 def summarize(rows: list[Row]) -> list[Row]:
     for r in rows:
         median = statistics.median(r.seconds)
         r.ms = median * 1e3
-        r.spread_pct = (max(r.seconds) - min(r.seconds)) / median * 100
+        r.spread_pct = spread_pct(r.seconds)
         r.mb_per_s = r.nbytes / 2**20 / median
     by = {(r.system, r.nbytes): r for r in rows}
     for r in rows:
@@ -157,6 +158,12 @@ def summarize(rows: list[Row]) -> list[Row]:
             if r.nbytes == TARGET_SIZE:
                 r.passed = r.ms <= r.bound_ms
     return rows
+
+
+def targets(rows: list[Row]) -> list[dict]:
+    return [target("dataflow.128MB.exo-sync", "data movement 128 MB", "exo-sync vs plain Ray + 1.25 x disk",
+                   f"{r.ms:.0f} ms vs {r.bound_ms:.0f} ms", "<= ray + 1.25 x disk", r.passed)
+            for r in rows if r.passed is not None]
 
 
 def human(nbytes: int) -> str:
@@ -179,21 +186,20 @@ def table(rows: list[Row]) -> str:
     head = ("size", "system", "ms", "spread", "MB/s", "x ray", "x disk", "ray+1.25*disk", "result")
     body = []
     for r in sorted(rows, key=lambda r: (r.nbytes, SYSTEMS.index(r.system))):
-        body.append((human(r.nbytes), r.system, f"{r.ms:.1f}", f"{r.spread_pct:.0f}%" if len(r.seconds) > 1 else "-", f"{r.mb_per_s:.0f}",
+        body.append((human(r.nbytes), r.system, f"{r.ms:.1f}", pct(r.spread_pct), f"{r.mb_per_s:.0f}",
                      f"{r.ms / by['ray', r.nbytes].ms:.2f}x", f"{r.ms / by['disk', r.nbytes].ms:.2f}x",
                      "-" if r.bound_ms is None else f"{r.bound_ms:.1f} ms",
-                     "-" if r.passed is None else ("pass" if r.passed else "FAIL")))
+                     verdict(r.passed)))
     return aligned(head, body)
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="1MB,32MB,128MB", help="comma list of payload sizes (default %(default)s)")
+    p.add_argument("--sizes", default="1B,128KB,1MB,32MB,128MB",
+                   help="comma list of payload sizes (default %(default)s: the ExoFlow paper's Figure 8a)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per system and size (default 3)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1MB,32MB, 1 repeat")
-    p.add_argument("--max-load", type=float, default=None,
-                   help="wait until the 1-min load average is below this before measuring (bounded by --max-wait)")
-    p.add_argument("--max-wait", type=float, default=300, help="longest wait for --max-load, s (default 300)")
+    add_load_flags(p)
     args = p.parse_args()
     if args.quick:
         args.sizes, args.repeats = "1MB,32MB", 1
@@ -201,25 +207,29 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def in_session(work: Callable[[Path], list]) -> list:
+    """``work(tmp)`` with our own local Ray up and a temp folder (in the stores' filesystem)
+    for the stores and files, both gone after."""
+    ray_up()
+    with tempfile.TemporaryDirectory(prefix="exoflow-bench-") as tmp:
+        rows = work(Path(tmp))
+    ray.shutdown()
+    return rows
+
+
+def versions() -> dict:
+    return {"ray": ray.__version__, "exoflow": exo.__version__, "numpy": np.__version__,
+            "filesystem_dir": tempfile.gettempdir()}
+
+
 def main() -> None:
     args = parse_args()
-    quiet = wait_for_quiet(args.max_load, args.max_wait)
-    load_before = os.getloadavg()
+    meta = start(args)
     print(f"dataflow: sizes={','.join(human(n) for n in args.sizes)} repeats={args.repeats}", flush=True)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    with tempfile.TemporaryDirectory(prefix="exoflow-bench-") as tmp:
-        systems = [Disk(Path(tmp)), PlainRay(), *(ExoFlow(name, Path(tmp)) for name in MODES)]
-        rows = measure(systems, args.sizes, args.repeats)
-    ray.shutdown()
-    meta = {**base_meta(), "sizes": args.sizes, "repeats": args.repeats, "ray": ray.__version__,
-            "exoflow": exo.__version__, "numpy": np.__version__, "quiet": quiet, "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(), "filesystem_dir": tempfile.gettempdir()}
-    print()
-    print(table(rows))
-    print(f"\nload average before/after: {load_before[0]:.2f} / {meta['loadavg_after'][0]:.2f} "
-          f"on {meta['cpus']} cores (high load or spread: numbers are noisy, run again)")
-    path = save("dataflow.json", {"meta": meta, "results": [asdict(r) for r in rows]})
-    print(f"raw figures: {path}")
+    rows = summarize(in_session(lambda tmp: measure([Disk(tmp), PlainRay(), *(ExoFlow(name, tmp) for name in MODES)],
+                                                    args.sizes, args.repeats)))
+    meta.update(sizes=args.sizes, repeats=args.repeats, **versions())
+    publish("dataflow.json", table(rows), meta, [asdict(r) for r in rows], targets(rows))
 
 
 if __name__ == "__main__":

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -56,16 +55,15 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import ray
 
 import exoflow_kernel as exo
 from baselines import setup as baselines
-from common import aligned, base_meta, save, wait_for_quiet
+from common import add_load_flags, aligned, pct, publish, ray_up, spread_pct, start, target, verdict
+from workloads import SHAPES as WORKLOADS
+from workloads import bind, build, expected, inc, leaf, remote, total
 
-RESULTS = Path(__file__).resolve().parent / "results" / "overhead.json"
-WORKLOADS = ("chain", "fanout")
 MODES = {"exo-sync": "sync", "exo-async": "async", "exo-off": False}
 EXTERNAL = {"ray-workflows": ("rayworkflows", "rayworkflows_overhead.py"), "dbos": ("dbos", "dbos_overhead.py")}
 SYSTEMS = ("ray", *MODES, *EXTERNAL)
@@ -79,24 +77,6 @@ TARGETS = {
 }
 # ...and for durable (sync) tasks against the other durable systems: baseline µs / ours µs.
 SPEEDUP_TARGETS = {"ray-workflows": 10.0, "dbos": 1.0}  # >= 10x faster; DBOS: strictly less per task
-
-
-# -- the task bodies: the same plain functions for every system --------------------
-
-
-def inc(x: int) -> int:
-    return x + 1
-
-
-def leaf(i: int) -> int:
-    return i
-
-
-def total(*xs: int) -> int:
-    return sum(xs)
-
-
-EXPECTED: dict[str, Callable[[int], int]] = {"chain": lambda n: n, "fanout": lambda n: n * (n - 1) // 2}
 
 
 # -- the systems: each builds one workload of size n and returns its value ------------
@@ -113,14 +93,8 @@ class PlainRay:
     def prepare(self) -> None:
         """Nothing to set up per run."""
 
-    def chain(self, n: int) -> int:
-        ref = 0
-        for _ in range(n):
-            ref = self.inc.remote(ref)
-        return ray.get(ref)
-
-    def fanout(self, n: int) -> int:
-        return ray.get(self.total.remote(*[self.leaf.remote(i) for i in range(n)]))
+    def run(self, workload: str, n: int) -> int:
+        return ray.get(build(workload, n, self.inc, self.leaf, self.total, remote))
 
 
 class ExoFlow:
@@ -140,17 +114,9 @@ class ExoFlow:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
-    def _run(self, node) -> int:
+    def run(self, workload: str, n: int) -> int:
+        node = build(workload, n, self.inc, self.leaf, self.total, bind)
         return exo.run(node, workflow_id=f"{self.name}-{uuid.uuid4().hex[:12]}")
-
-    def chain(self, n: int) -> int:
-        node = 0
-        for _ in range(n):
-            node = self.inc.bind(node)
-        return self._run(node)
-
-    def fanout(self, n: int) -> int:
-        return self._run(self.total.bind(*[self.leaf.bind(i) for i in range(n)]))
 
 
 # -- measuring ----------------------------------------------------------------------------
@@ -162,10 +128,10 @@ def time_once(system, workload: str, n: int) -> float:
     answer is not a result)."""
     system.prepare()
     started = time.perf_counter()
-    value = getattr(system, workload)(n)
+    value = system.run(workload, n)
     elapsed = time.perf_counter() - started
-    if value != EXPECTED[workload](n):
-        raise AssertionError(f"{system.name} {workload}({n}) returned {value!r}, expected {EXPECTED[workload](n)}")
+    if value != expected(workload, n):
+        raise AssertionError(f"{system.name} {workload}({n}) returned {value!r}, expected {expected(workload, n)}")
     return elapsed
 
 
@@ -178,7 +144,7 @@ class Row:
     n: int
     seconds: list[float] = field(default_factory=list)
     us_per_task: float = 0.0
-    spread_pct: float = 0.0  # (max - min) / median: how noisy the samples were
+    spread_pct: float | None = None  # (max - min) / median: how noisy the samples were
     ratio: float | None = None
     target: float | None = None
     passed: bool | None = None
@@ -221,7 +187,7 @@ def summarize(rows: list[Row]) -> list[Row]:
     for row in rows:
         median = statistics.median(row.seconds)
         row.us_per_task = median / row.n * 1e6
-        row.spread_pct = (max(row.seconds) - min(row.seconds)) / median * 100
+        row.spread_pct = spread_pct(row.seconds)
     base = {r.workload: r.us_per_task for r in rows if r.system == "ray"}
     by = {(r.system, r.workload): r for r in rows}
     for row in rows:
@@ -234,10 +200,36 @@ def summarize(rows: list[Row]) -> list[Row]:
                 if (other, row.workload) in by:
                     row.speedup[other] = by[other, row.workload].us_per_task / row.us_per_task
                     if row.system == "exo-sync":
-                        ok = row.speedup[other] >= need if need > 1 else row.speedup[other] > need
-                        row.checks.append((f"{SHORT[other]}/this{'>=' if need > 1 else '>'}{need:g}", ok))
+                        row.checks.append((f"{SHORT[other]}/this{speedup_bound(other)}", speedup_ok(other, row.speedup[other])))
         row.passed = None if not row.checks else all(ok for _, ok in row.checks)
     return rows
+
+
+def speedup_bound(other: str) -> str:
+    need = SPEEDUP_TARGETS[other]
+    return f">={need:g}" if need > 1 else f">{need:g}"
+
+
+def speedup_ok(other: str, speedup: float) -> bool:
+    need = SPEEDUP_TARGETS[other]
+    return speedup >= need if need > 1 else speedup > need
+
+
+def targets(rows: list[Row]) -> list[dict]:
+    """The issue's overhead targets as ``report.py`` shows them."""
+    out = []
+    for r in rows:
+        where = f"overhead {r.workload} {r.n}"
+        if r.target is not None:
+            out.append(target(f"overhead.{r.workload}.{r.system}.ray", where, f"{r.system} / plain Ray",
+                              f"{r.ratio:.2f}x", f"<= {r.target:g}x", r.ratio <= r.target))
+        if r.system == "exo-sync":
+            for other in SPEEDUP_TARGETS:
+                if other in r.speedup:
+                    out.append(target(f"overhead.{r.workload}.exo-sync.{other}", where,
+                                      f"{other} / exo-sync (per durable task)", f"{r.speedup[other]:.1f}x",
+                                      f"{speedup_bound(other)}x", speedup_ok(other, r.speedup[other])))
+    return out
 
 
 # -- reporting ----------------------------------------------------------------------------
@@ -252,9 +244,9 @@ def table(rows: list[Row]) -> str:
     for r in sorted(rows, key=lambda r: (WORKLOADS.index(r.workload), SYSTEMS.index(r.system))):
         targets = "; ".join(f"{text} {'ok' if ok else 'MISS'}" for text, ok in r.checks) or "-"
         body.append((r.system, r.workload, str(r.n), f"{r.us_per_task:.0f}", UNIT.get((r.system, r.workload), "task"),
-                     f"{r.spread_pct:.0f}%" if len(r.seconds) > 1 else "-", f"{r.ratio:.2f}x",
+                     pct(r.spread_pct), f"{r.ratio:.2f}x",
                      *(f"{r.speedup[n]:.1f}x" if n in r.speedup else "-" for n in present), targets,
-                     "-" if r.passed is None else ("pass" if r.passed else "FAIL")))
+                     verdict(r.passed)))
     return aligned(head, body)
 
 
@@ -266,9 +258,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: chain 20, fan-out 100, 1 repeat")
     p.add_argument("--no-baselines", action="store_true", help="skip Ray Workflows and DBOS (their venvs)")
     p.add_argument("--baselines", default=",".join(EXTERNAL), help="comma list of %(default)s")
-    p.add_argument("--max-load", type=float, default=None,
-                   help="wait until the 1-min load average is below this before measuring (bounded by --max-wait)")
-    p.add_argument("--max-wait", type=float, default=300, help="longest wait for --max-load, s (default 300)")
+    add_load_flags(p)
     args = p.parse_args()
     if args.quick:
         args.chain, args.fanout, args.repeats = 20, 100, 1
@@ -278,8 +268,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     sizes = {"chain": args.chain, "fanout": args.fanout}
-    quiet = wait_for_quiet(args.max_load, args.max_wait)
-    load_before = os.getloadavg()
+    meta = start(args)
     external = [] if args.no_baselines else [b for b in args.baselines.split(",") if b]
     print(f"overhead: chain={sizes['chain']} fanout={sizes['fanout']} repeats={args.repeats} "
           f"baselines={','.join(external) or 'none'}", flush=True)
@@ -287,22 +276,15 @@ def main() -> None:
     for name in external:  # before our Ray starts: one cluster at a time on 2 cores
         ext_rows, external_meta[name] = measure_external(name, sizes, args.repeats)
         rows += ext_rows
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray_up()
     with tempfile.TemporaryDirectory(prefix="exoflow-bench-") as tmp:
         systems = [PlainRay(), *(ExoFlow(name, Path(tmp)) for name in MODES)]
         rows += measure(systems, sizes, args.repeats)
     ray.shutdown()
     rows = summarize(rows)
-    meta = {
-        **base_meta(), "sizes": sizes, "repeats": args.repeats, "ray": ray.__version__, "exoflow": exo.__version__,
-        "baselines": external_meta, "quiet": quiet, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-    }
-    print()
-    print(table(rows))
-    print(f"\nload average before/after: {load_before[0]:.2f} / {meta['loadavg_after'][0]:.2f} "
-          f"on {meta['cpus']} cores (high load or spread: numbers are noisy, run again)")
-    path = save(RESULTS.name, {"meta": meta, "results": [asdict(r) for r in rows]})
-    print(f"raw figures: {path}")
+    meta.update(sizes=sizes, repeats=args.repeats, ray=ray.__version__, exoflow=exo.__version__,
+                baselines=external_meta)
+    publish("overhead.json", table(rows), meta, [asdict(r) for r in rows], targets(rows))
 
 
 if __name__ == "__main__":

@@ -25,10 +25,16 @@ For each shape (``chain``: N dependent ``inc`` tasks; ``fanout``: N ``leaf`` tas
 4. After the trial, Ray processes left alive with no parent (e.g. ``ray::DashboardAgent`` of
    the killed driver) that were not there before are counted, reported and killed by pid.
 
+Growth (the issue: "how it grows from 1k to 10k tasks"): with several ``--tasks`` sizes, the
+``growth`` column is each row's resume time over the same system and shape's at the smallest
+size; the target for ExoFlow is linear or better: growth <= 1.25 x the size ratio (10k over 1k:
+<= 12.5x). ``--baseline-tasks`` limits the baselines to some sizes (Ray Workflows and DBOS
+take minutes per trial at 10k).
+
     python bench/recovery.py                    # N=1000, chain and fanout, 3 systems, 3 trials each
     python bench/recovery.py --systems exoflow  # ours only
-    python bench/recovery.py --tasks 1000,10000 --shapes chain
-    python bench/recovery.py --quick            # N=200, 1 trial
+    python bench/recovery.py --tasks 1000,10000 --baseline-tasks 1000
+    python bench/recovery.py --quick            # N=200,2000 (baselines 200), 1 trial
 """
 
 from __future__ import annotations
@@ -47,42 +53,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from baselines import setup as baselines
-from common import aligned, base_meta, save, wait_for_quiet
+from common import add_load_flags, aligned, pct, publish, spread_pct, start, target, verdict
+from workloads import SHAPES, bind, expected, inc, leaf, total
+from workloads import build as build_shape
 
 HERE = Path(__file__).resolve()
-SHAPES = ("chain", "fanout")
 WORKFLOW = "recovery-bench"
 CRASH_POINT = "finished"  # exoflow_kernel/faults.py: the coordinator saw the task finish
+TARGET_S = {1000: 1.0}  # the issue: resume of 1000 tasks with 900 committed <= 1 s once Ray is up
+GROWTH_SLACK = 1.25     # linear growth: resume(N) / resume(N0) <= 1.25 x N / N0
 
 
-# -- the workflow (imported lazily: the parent process never starts Ray) -----------------
-
-
-def inc(x: int) -> int:
-    return x + 1
-
-
-def leaf(i: int) -> int:
-    return i
-
-
-def total(*xs: int) -> int:
-    return sum(xs)
-
-
-def expected(shape: str, n: int) -> int:
-    return n if shape == "chain" else n * (n - 1) // 2
+# -- the workflow (the engine is imported lazily: the parent process never starts Ray) ------
 
 
 def build(shape: str, n: int):
     import exoflow_kernel as exo
     t_inc, t_leaf, t_total = (exo.task(f, checkpoint="sync") for f in (inc, leaf, total))
-    if shape == "chain":
-        node = 0
-        for _ in range(n):
-            node = t_inc.bind(node)
-        return node
-    return t_total.bind(*[t_leaf.bind(i) for i in range(n)])
+    return build_shape(shape, n, t_inc, t_leaf, t_total, bind)
 
 
 def crash_index(n: int, fraction: float) -> int:
@@ -177,13 +165,17 @@ class Row:
     crash_at: str
     trials: list[dict] = field(default_factory=list)
     resume_s: float = 0.0
-    spread_pct: float = 0.0
+    spread_pct: float | None = None
     startup_s: float = 0.0      # ray.init (ExoFlow, Ray Workflows) or DBOS.launch()
     first_task_s: float | None = None
     store_open_s: float | None = None
     done_before: int = 0        # ExoFlow: committed (lineage); baselines: tasks that had run
     reexecuted: int = 0
     leftover_processes: int = 0
+    target_s: float | None = None
+    growth: float | None = None        # resume_s / resume_s of the same system+shape at the smallest N
+    growth_n: float | None = None      # N / that smallest N
+    growth_ok: bool | None = None      # ExoFlow: growth <= GROWTH_SLACK x growth_n
     passed: bool | None = None
     failures: list[str] = field(default_factory=list)  # trials retried (set-up failures), recorded
 
@@ -217,14 +209,14 @@ def trial(system: str, shape: str, n: int, fraction: float, tmp: str) -> dict:
             "leftovers_from_crash": sorted(c for p, c in leftovers.items() if p in left_by_crash)}
 
 
-def summarize(row: Row, target_s: float | None) -> Row:
+def summarize(row: Row) -> Row:
     def med(key: str):
         values = [t[key] for t in row.trials if key in t]
         return statistics.median(values) if values else None
 
     resumes = [t["resume_s"] for t in row.trials]
     row.resume_s = statistics.median(resumes)
-    row.spread_pct = (max(resumes) - min(resumes)) / row.resume_s * 100
+    row.spread_pct = spread_pct(resumes)
     row.startup_s = med("ray_init_s") if row.system != "dbos" else med("launch_s")
     row.first_task_s, row.store_open_s = med("first_task_s"), med("store_open_s")
     if row.system == "exoflow":
@@ -233,39 +225,77 @@ def summarize(row: Row, target_s: float | None) -> Row:
     else:
         row.done_before, row.reexecuted = int(med("ran_before_crash")), int(med("reexecuted"))
     row.leftover_processes = max(len(t["leftovers_after_resume"]) for t in row.trials)
-    if target_s is not None:
-        row.passed = row.resume_s <= target_s
+    if row.system == "exoflow":
+        row.target_s = TARGET_S.get(row.n)
+    if row.target_s is not None:
+        row.passed = row.resume_s <= row.target_s
     return row
 
 
+def growth(rows: list[Row]) -> list[Row]:
+    """Each row's resume time against its system+shape's at the smallest N measured."""
+    smallest: dict[tuple, Row] = {}
+    for r in sorted(rows, key=lambda r: r.n):
+        smallest.setdefault((r.system, r.shape), r)
+    for r in rows:
+        base = smallest[r.system, r.shape]
+        if base is r:
+            continue
+        r.growth, r.growth_n = r.resume_s / base.resume_s, r.n / base.n
+        if r.system == "exoflow":
+            r.growth_ok = r.growth <= GROWTH_SLACK * r.growth_n
+            r.passed = r.growth_ok if r.passed is None else r.passed and r.growth_ok
+    return rows
+
+
+def targets(rows: list[Row]) -> list[dict]:
+    out = []
+    for r in rows:
+        if r.system != "exoflow":
+            continue
+        where = f"recovery {r.shape} {r.n}"
+        if r.target_s is not None:
+            out.append(target(f"recovery.{r.shape}.{r.n}", where, "resume to result, once Ray is up",
+                              f"{r.resume_s * 1e3:.0f} ms", f"<= {r.target_s:g} s", r.resume_s <= r.target_s))
+        if r.growth_ok is not None:
+            out.append(target(f"recovery.{r.shape}.growth", where, f"resume growth over N={r.n / r.growth_n:g}",
+                              f"{r.growth:.1f}x for {r.growth_n:g}x tasks", f"<= {GROWTH_SLACK * r.growth_n:g}x",
+                              r.growth_ok))
+    return out
+
+
 def table(rows: list[Row]) -> str:
-    head = ("system", "shape", "N", "crash at", "done before", "resume->result", "spread", "ray.init/launch",
+    head = ("system", "shape", "N", "crash at", "done before", "resume->result", "spread", "growth", "ray.init/launch",
             "1st task", "store open", "re-executed", "orphans", "target", "result")
-    body = [(r.system, r.shape, str(r.n), r.crash_at, str(r.done_before), f"{r.resume_s * 1e3:.0f} ms",
-             f"{r.spread_pct:.0f}%" if len(r.trials) > 1 else "-", f"{r.startup_s:.2f} s",
-             "-" if r.first_task_s is None else f"{r.first_task_s:.2f} s",
-             "-" if r.store_open_s is None else f"{r.store_open_s * 1e3:.0f} ms", str(r.reexecuted),
-             str(r.leftover_processes), "<= 1 s" if r.passed is not None else "-",
-             "-" if r.passed is None else ("pass" if r.passed else "FAIL")) for r in rows]
+    body = []
+    for r in rows:
+        targets = [f"<= {r.target_s:g} s"] if r.target_s is not None else []
+        if r.growth_ok is not None:
+            targets.append(f"growth <= {GROWTH_SLACK * r.growth_n:g}x")
+        body.append((r.system, r.shape, str(r.n), r.crash_at, str(r.done_before), f"{r.resume_s * 1e3:.0f} ms",
+                     pct(r.spread_pct), "-" if r.growth is None else f"{r.growth:.1f}x (N {r.growth_n:g}x)",
+                     f"{r.startup_s:.2f} s", "-" if r.first_task_s is None else f"{r.first_task_s:.2f} s",
+                     "-" if r.store_open_s is None else f"{r.store_open_s * 1e3:.0f} ms", str(r.reexecuted),
+                     str(r.leftover_processes), "; ".join(targets) or "-", verdict(r.passed)))
     return aligned(head, body, left=2)
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default="1000", help="comma list of workflow sizes (default %(default)s)")
+    p.add_argument("--baseline-tasks", default=None,
+                   help="comma list: the sizes at which the baselines run too (default: every --tasks size)")
     p.add_argument("--shapes", default=",".join(SHAPES), help="comma list of %(default)s")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma list of %(default)s")
     p.add_argument("--at", type=float, default=0.9, help="crash after this fraction is committed (default 0.9)")
     p.add_argument("--trials", type=int, default=3, help="crash+resume trials per shape and size (default 3)")
-    p.add_argument("--quick", action="store_true", help="smoke run: N=200, 1 trial")
-    p.add_argument("--max-load", type=float, default=None,
-                   help="wait until the 1-min load average is below this before measuring (bounded by --max-wait)")
-    p.add_argument("--max-wait", type=float, default=300, help="longest wait for --max-load, s (default 300)")
+    p.add_argument("--quick", action="store_true", help="smoke run: N=200,2000 (baselines at 200), 1 trial")
+    add_load_flags(p)
     p.add_argument("--phase", choices=("crash", "resume"), help=argparse.SUPPRESS)
     p.add_argument("--store", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.quick:
-        args.tasks, args.trials = "200", 1
+        args.tasks, args.baseline_tasks, args.trials = "200,2000", "200", 1
     return args
 
 
@@ -280,16 +310,19 @@ def main() -> None:
         (phase_crash if args.phase == "crash" else phase_resume)(args.store, shape, n)
         return
     sizes = [int(x) for x in args.tasks.split(",")]
+    baseline_sizes = sizes if args.baseline_tasks is None else [int(x) for x in args.baseline_tasks.split(",")]
     shapes = [s for s in args.shapes.split(",") if s]
-    quiet = wait_for_quiet(args.max_load, args.max_wait)
-    load_before = os.getloadavg()
-    print(f"recovery: tasks={sizes} shapes={shapes} crash at {args.at:.0%} trials={args.trials}", flush=True)
-    rows = []
     systems = [x for x in args.systems.split(",") if x]
+    meta = start(args)
+    print(f"recovery: tasks={sizes} (baselines {baseline_sizes}) shapes={shapes} crash at {args.at:.0%} "
+          f"trials={args.trials}", flush=True)
+    rows = []
     with tempfile.TemporaryDirectory(prefix="exoflow-bench-") as tmp:
         for n in sizes:
             for shape in shapes:
                 for system in systems:
+                    if system != "exoflow" and n not in baseline_sizes:
+                        continue
                     row = Row(system, shape, n, crash_task(shape, n, args.at))
                     for i in range(args.trials):
                         try:
@@ -301,15 +334,11 @@ def main() -> None:
                             row.trials.append(trial(system, shape, n, args.at, tmp))
                         print(f"  {system} {shape} N={n} trial {i + 1}/{args.trials}: "
                               f"resume {row.trials[-1]['resume_s']:.3f} s", flush=True)
-                    rows.append(summarize(row, 1.0 if n == 1000 and system == "exoflow" else None))
-    meta = {**base_meta(), "tasks": sizes, "shapes": shapes, "systems": systems, "crash_point": CRASH_POINT, "at": args.at, "trials": args.trials, "quiet": quiet,
-            "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
-    print()
-    print(table(rows))
-    print(f"\nload average before/after: {load_before[0]:.2f} / {meta['loadavg_after'][0]:.2f} "
-          f"on {meta['cpus']} cores (high load or spread: numbers are noisy, run again)")
-    path = save("recovery.json", {"meta": meta, "results": [asdict(r) for r in rows]})
-    print(f"raw figures: {path}")
+                    rows.append(summarize(row))
+    rows = growth(rows)
+    meta.update(tasks=sizes, baseline_tasks=baseline_sizes, shapes=shapes, systems=systems, crash_point=CRASH_POINT,
+                at=args.at, trials=args.trials, growth_slack=GROWTH_SLACK)
+    publish("recovery.json", table(rows), meta, [asdict(r) for r in rows], targets(rows))
 
 
 if __name__ == "__main__":
