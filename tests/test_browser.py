@@ -1,4 +1,5 @@
-"""The quickstart notebook in a real JupyterLab, driven in Debian's chromium by Playwright.
+"""The quickstart notebook in a real JupyterLab, driven in Debian's chromium by Playwright;
+and a task cell waiting for an event, whose button the browser clicks.
 
 JupyterLab runs on 127.0.0.1 (random port, a token) over a temporary root that
 holds a copy of notebooks/quickstart.ipynb set to the "ExoFlow" kernel, whose
@@ -37,6 +38,14 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium
                                 "(scripts/setup.sh installs it with apt-get; it could not here)")
 
 
+EVENT_CELLS = [
+    "%exoflow init --store ./store --workflow approvals",
+    "%%exoflow task\nprice = 1200",
+    "%%exoflow task approve --event approved\ndecision = ('approved' if approved else 'rejected', price)",
+    "print('decision:', decision)",
+]
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """The notebook's kernel starts its own Ray; this process needs none."""
@@ -67,6 +76,9 @@ def lab(tmp_path):
         if cell["cell_type"] == "code":
             cell["outputs"], cell["execution_count"] = [], None
     (root / "quickstart.ipynb").write_text(json.dumps(nb))
+    events = {**nb, "cells": [{"cell_type": "code", "execution_count": None, "id": f"c{i}", "metadata": {},
+                               "outputs": [], "source": src} for i, src in enumerate(EVENT_CELLS)]}
+    (root / "events.ipynb").write_text(json.dumps(events))
 
     port, token = free_port(), secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if k != "EXOFLOW_STORE"}
@@ -158,3 +170,49 @@ def test_quickstart_runs_in_jupyterlab_and_the_dag_widget_shows_the_states(lab):
         finally:
             browser.close()
     assert (ARTIFACTS / "quickstart.png").stat().st_size > 10_000
+
+
+def test_a_task_cell_waits_for_the_event_until_chromium_clicks_its_button(lab):
+    from playwright.sync_api import sync_playwright
+
+    url, token = lab
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(120_000)
+            page.goto(f"{url}/lab/tree/events.ipynb?token={token}")
+            page.locator(".jp-Notebook .jp-Cell").first.wait_for()
+            page.locator(".jp-Toolbar-kernelName", has_text="ExoFlow").first.wait_for()
+            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for()
+            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+
+            button = page.locator(".exoflow-events button.exoflow-event-button", has_text="approved")
+            button.wait_for(timeout=RUN_TIMEOUT_MS)
+            page.locator(".exoflow-event-note", has_text="waits for event 'approved'").wait_for()
+            page.wait_for_timeout(2000)  # it really waits: the next cell has not run
+            printed = page.locator(".jp-OutputArea-output", has_text="decision:")
+            assert printed.count() == 0, printed.first.inner_text()
+            page.screenshot(path=str(ARTIFACTS / "event-waiting.png"))
+
+            button.click()
+            printed.first.wait_for(timeout=RUN_TIMEOUT_MS)
+            assert "decision: ('approved', 1200)" in printed.first.inner_text()
+            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']")
+            assert errors.count() == 0, errors.first.inner_text()
+            arrived = page.locator(".jp-OutputArea-output", has_text="event 'approved' arrived and is durable")
+            assert arrived.count() == 1
+            assert page.locator(".exoflow-events button.exoflow-event-button").count() == 0, "the button stays after"
+            dag = page.locator(".jupyter-widgets.exoflow-dag").last
+            header = dag.locator(".exoflow-progress").inner_text()
+            assert "SUCCESSFUL" in header, header
+            texts = dag.locator("svg text").all_text_contents()
+            assert "approve" in texts, texts
+            page.screenshot(path=str(ARTIFACTS / "event-clicked.png"))
+        except BaseException:
+            page.screenshot(path=str(ARTIFACTS / "events-failed.png"))
+            raise
+        finally:
+            browser.close()
