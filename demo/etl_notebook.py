@@ -273,9 +273,13 @@ def export_html(nb, path: Path) -> None:
     from nbconvert import HTMLExporter
 
     nb = nbformat.from_dict(json.loads(json.dumps(nb)))
+    ray_log = re.compile(r"(?m)^\d{4}-\d\d-\d\d [\d:,]+\s+(INFO|WARNING) [\w.]+:\d+ -- .*\n?")
     for c in nb.cells:
         for o in c.get("outputs", []):
             o.get("data", {}).pop("application/vnd.jupyter.widget-view+json", None)
+            if o.get("output_type") == "stream":
+                o["text"] = ray_log.sub("", o["text"])  # Ray's start-up lines: the kernel's, not the notebook's
+        c["outputs"] = [o for o in c.get("outputs", []) if o.get("output_type") != "stream" or o["text"]]
     body, _ = HTMLExporter().from_notebook_node(nb)
     path.write_text(body)
 
