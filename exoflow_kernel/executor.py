@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import psutil
 import ray
 
 from . import blobs
@@ -228,5 +229,36 @@ def ensure_ray(address: str | None = None) -> bool:
     if address:
         ray.init(address=address, log_to_driver=True)
         return False
-    ray.init(address="local", include_dashboard=False, log_to_driver=True)  # never someone's `ray start`
+    start_local_ray()
     return True
+
+
+def start_local_ray(**options: Any) -> None:
+    """``ray.init`` of a new local Ray (never someone's `ray start`), tried again if it
+    times out while starting: Ray 2.60's raylet gives its dashboard agent a fixed 15 s
+    and aborts when an overloaded machine makes it miss that."""
+    for attempt in range(1, START_TRIES + 1):
+        before = _children()
+        try:
+            ray.init(address="local", include_dashboard=False, log_to_driver=True, **options)
+            return
+        except Exception as exc:
+            if "timed out during startup" not in str(exc) or attempt == START_TRIES:
+                raise
+            ray.shutdown()
+            _kill(_children() - before)  # what the failed start left: gcs_server, agents
+
+
+START_TRIES = 3
+
+
+def _children() -> set:
+    return set(psutil.Process().children(recursive=True))
+
+
+def _kill(procs: set) -> None:
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass

@@ -100,7 +100,10 @@ def kill_leftovers(info: OwnerInfo) -> int:
 def socket_path(root: Path) -> str:
     """A short socket path (Unix sockets allow ~100 bytes) unique to this store."""
     digest = abs(hash((str(root.resolve()), os.getpid()))) % 10**12
-    return os.path.join(tempfile.gettempdir(), f"exoflow-{digest}.sock")
+    folder = tempfile.gettempdir()
+    if len(folder) > 60:  # a long $TMPDIR would not leave room for the name
+        folder = "/tmp"
+    return os.path.join(folder, f"exoflow-{digest}.sock")
 
 
 def _send(sock: socket.socket, obj: Any) -> None:

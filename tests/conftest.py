@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import exoflow_kernel as exo
+from exoflow_kernel.executor import start_local_ray
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,7 +23,7 @@ def ray_cluster():
 
     if not ray.is_initialized():
         path = os.pathsep.join([str(ROOT / "tests"), str(ROOT)])
-        ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+        start_local_ray(runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield
     ray.shutdown()
 

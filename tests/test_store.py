@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -42,3 +43,22 @@ def test_a_reader_does_not_wait_for_a_writer(tmp_path):
         assert proc.stdout.strip() == "remote [('w', 'SUCCESSFUL')]", proc.stderr
     finally:
         writer.close()
+
+
+def test_a_long_tmpdir_still_leaves_room_for_the_owner_socket(tmp_path):
+    """Unix socket paths are limited to ~100 bytes: a long $TMPDIR must not break the owner."""
+    long_tmp = tmp_path / ("t" * 100)
+    long_tmp.mkdir()
+    root = tmp_path / "store"
+    writer = subprocess.Popen([sys.executable, "-c", HOLD_AS_READER.replace('role="reader"', 'role="writer"'),
+                               str(root), "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "TMPDIR": str(long_tmp)})
+    try:
+        assert writer.stdout.readline().strip() == "owner", writer.stderr.read() if writer.poll() else ""
+        proc = subprocess.run([sys.executable, "-c", (
+            "import sys; from exoflow_kernel.store import Store; s = Store(sys.argv[1], role='reader'); "
+            "print(s.mode, s.list_workflows())"), str(root)], capture_output=True, text=True, timeout=60)
+        assert proc.stdout.strip() == "remote []", proc.stderr  # asked through the owner's socket
+    finally:
+        writer.kill()
+        writer.wait()
