@@ -311,6 +311,10 @@ def _read(workflow_id: str, task_id: str, store: Store, ckpt) -> Any:
     except blobs.BlobUnreadable as exc:
         raise CheckpointCorruptedError(workflow_id, task_id, str(store.blobs), str(exc),
                                        why="it cannot be read back here") from None
+    except Exception as exc:  # whole, but it does not unpickle here (e.g. a handle to an actor of a dead job)
+        raise CheckpointCorruptedError(workflow_id, task_id, str(store.blobs),
+                                       f"it does not unpickle here ({type(exc).__name__}: {exc})",
+                                       why="it cannot be read back here") from None
 
 
 def _find_task(store: Store, workflow_id: str, task: str) -> str:

@@ -20,7 +20,9 @@ dispatched again with the real value.
 
 from __future__ import annotations
 
+import io
 import itertools
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,7 +34,9 @@ import ray
 from . import blobs, commit, executor, faults, recovery
 from .context import TaskContext
 from .dag import Continuation, EventNode, Graph, Node, build_graph
-from .errors import CheckpointCorruptedError, ExoflowError, WorkflowCanceledError, WorkflowFailedError
+from .errors import (
+    ActorLostError, CheckpointCorruptedError, ExoflowError, WorkflowCanceledError, WorkflowFailedError,
+)
 from .store import Store
 
 COMMIT_INTERVAL = 0.05  # seconds between grouped commits while tasks keep finishing
@@ -99,6 +103,7 @@ class Coordinator:
     batch: commit.Batch = field(default_factory=commit.Batch)
     error: ExoflowError | None = None
     canceled: bool = False
+    remade: dict[str, int] = field(default_factory=dict)  # task -> times run again for a lost actor
 
     # -- set-up -------------------------------------------------------------------
 
@@ -135,6 +140,8 @@ class Coordinator:
                 members[run.task_id] = None
         if phase == "durable" and old != "durable":
             self.open_tasks -= 1
+        elif old == "durable" and phase != "durable":  # run again (its output held a lost actor)
+            self.open_tasks += 1
 
     def _recover(self, run: TaskRun) -> None:
         ckpt = self.snapshot.checkpoints[run.task_id]
@@ -142,7 +149,12 @@ class Coordinator:
             self._set_phase(run, "durable")
             self._expand(run, self._read_checkpoint(ckpt))
         elif ckpt.inline is not None:
-            run.value = ray.put(blobs.loads(ckpt.inline))
+            try:
+                value = blobs.loads(ckpt.inline)
+            except Exception as exc:  # e.g. a handle to an actor of a dead job: no usable checkpoint
+                self._on_load(run, {"ok": False, "reason": f"it does not unpickle here ({type(exc).__name__}: {exc})"})
+                return
+            run.value = ray.put(value)
             self._set_phase(run, "durable")
         else:
             self._set_phase(run, "loading")
@@ -347,12 +359,77 @@ class Coordinator:
         if self.error is not None:
             return  # downstream of the first failure: that one is the story
         cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause else exc
+        if isinstance(cause, ray.exceptions.RayActorError) and self._remake_actor(task_id, cause):
+            return
         self._set_phase(self.tasks[task_id], "failed")
         self.batch.failures.append((task_id, f"{type(cause).__name__}: {cause}"))
         if isinstance(cause, ExoflowError):
             self._set_error(task_id, cause)
         else:
             self._set_error(task_id, WorkflowFailedError(self.workflow_id, task_id, f"{type(cause).__name__}: {cause}"))
+
+    def _remake_actor(self, task_id: str, cause: Exception) -> bool:
+        """A task failed because a Ray actor died. If upstream tasks returned that actor
+        (their output holds its handle), that output is unusable: run those tasks again
+        (deterministic ones only: a nondeterministic one could make a different actor),
+        and every task downstream of them that is not durable yet, this one included.
+        Returns False if no upstream task holds the actor (an ordinary failure)."""
+        actor = actor_id_of(cause)
+        holders = self._holders(task_id, actor) if actor else []
+        if not holders:
+            return False
+        for h in holders:
+            why = None
+            if not self.tasks[h].options.deterministic:
+                why = "it is nondeterministic (deterministic=False), so running it again could change its result"
+            elif self.remade.get(h, 0) >= max(1, self.tasks[h].options.max_retries):
+                why = f"it was already run again {self.remade[h]} time(s) for lost actors (max_retries)"
+            if why:
+                self._set_phase(self.tasks[task_id], "failed")
+                self.batch.failures.append((task_id, f"ActorDiedError: {actor}"))
+                self._set_error(task_id, ActorLostError(self.workflow_id, task_id, h, actor, why))
+                return True
+        below = set(holders)
+        for t in self.graph.order():
+            if t not in below and any(u in below for u in self.graph.upstream(t)):
+                below.add(t)
+        # Everything downstream that is not durable saw (or will see) the dead actor: run it
+        # again with the new value; what already committed stays committed.
+        redo = [t for t in self.graph.order() if t in holders or (t in below and self.tasks[t].phase != "durable")]
+        stale = set(redo)
+        for ref in [r for r, (t, _) in self.pending.items() if t in stale]:
+            del self.pending[ref]  # an old execution's late report is ignored
+        for t in redo:
+            run = self.tasks[t]
+            if t in holders:
+                self.remade[t] = self.remade.get(t, 0) + 1
+                run.replay = run.replay or run.phase == "durable"  # committed: its rows are in already
+                self.plan.labels[t] = run.label = recovery.REEXECUTED
+                self.batch.plan = self.plan.labels
+                blobs.blob_path(self.store.blobs, self.workflow_id, t, self.run).unlink(missing_ok=True)
+            run.value, run.meta, run.persisted = None, None, None
+            self._set_phase(run, "waiting")
+        return True
+
+    def _holders(self, task_id: str, actor: str) -> list[str]:
+        """Upstream tasks (transitively) whose output holds a handle to ``actor``."""
+        seen, stack, found = set(), list(self.graph.upstream(task_id)), []
+        while stack:
+            t = stack.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            stack.extend(self.graph.upstream(t))
+            ref = self._value(t)
+            if ref is None:
+                continue
+            try:
+                value = ray.get(ref, timeout=60)
+            except Exception:  # an upstream that failed too (it may have used the same actor)
+                continue
+            if actor in actors_in(value):
+                found.append(t)
+        return [t for t in self.graph.order() if t in found]
 
     def _set_error(self, task_id: str, error: ExoflowError) -> None:
         if self.error is None:
@@ -404,6 +481,35 @@ class Coordinator:
 
     def root_value(self) -> Any:
         return self._value(self.graph.root)
+
+
+def actor_id_of(error: Exception) -> str | None:
+    """The hex id of the actor a RayActorError is about (its message has it when the
+    attribute was lost on the way between processes)."""
+    actor = getattr(error, "actor_id", None)
+    if actor:
+        return actor if isinstance(actor, str) else actor.hex()
+    match = re.search(r"actor_id: ([0-9a-f]+)", str(error))
+    return match.group(1) if match else None
+
+
+def actors_in(value: Any) -> set[str]:
+    """Hex ids of the Ray actors whose handles ``value`` holds (a pickling pass that
+    leaves big buffers where they are)."""
+    found: set[str] = set()
+
+    class Finder(cloudpickle.Pickler):
+        def persistent_id(self, obj: Any) -> Any:
+            if isinstance(obj, ray.actor.ActorHandle):
+                found.add(obj._actor_id.hex())
+                return "actor"
+            return None
+
+    try:
+        Finder(io.BytesIO(), protocol=5, buffer_callback=lambda buf: False).dump(value)
+    except Exception:
+        pass
+    return found
 
 
 def _get_each(refs: list) -> list:

@@ -199,6 +199,8 @@ def load(blob_root: str, location: str) -> tuple[Any, dict]:
         return blobs.read_file(Path(blob_root) / location), {"ok": True}
     except blobs.BlobUnreadable as exc:
         return None, {"ok": False, "reason": str(exc)}
+    except Exception as exc:  # whole, but it does not unpickle here (e.g. a handle to an actor of a dead job)
+        return None, {"ok": False, "reason": f"it does not unpickle here ({type(exc).__name__}: {exc})"}
 
 
 _remotes: "weakref.WeakKeyDictionary[TaskFunction, Any]" = weakref.WeakKeyDictionary()
