@@ -37,7 +37,7 @@ def wait_for_quiet(max_load: float | None, max_wait_s: float = 300.0) -> dict:
     return {"max_load": max_load, "waited_s": round(time.monotonic() - started, 1), "load_at_start": seen}
 
 
-def ray_up(attempts: int = 3) -> None:
+def ray_up(attempts: int = 4) -> None:
     """``ray.init`` for a benchmark (2 CPUs, no dashboard), tried again when the node start times
     out — Ray waits 30 s for its raylet, which a loaded 2-core machine can miss. The processes a
     failed attempt left (our own children) are killed by pid before the next one."""
@@ -57,7 +57,7 @@ def ray_up(attempts: int = 3) -> None:
                     proc.kill()
                 except psutil.NoSuchProcess:
                     pass
-            time.sleep(5)
+            time.sleep(10)
 
 
 def engine_revision() -> str:

@@ -53,7 +53,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from baselines import setup as baselines
-from common import add_load_flags, aligned, pct, publish, spread_pct, start, target, verdict
+from common import add_load_flags, aligned, pct, publish, ray_up, spread_pct, start, target, verdict
 from workloads import SHAPES, bind, expected, inc, leaf, total
 from workloads import build as build_shape
 
@@ -100,7 +100,7 @@ def phase_resume(store: str, shape: str, n: int) -> None:
     t1 = time.perf_counter()
     exo.init(store)
     t2 = time.perf_counter()
-    ray.init(include_dashboard=False, log_to_driver=False)
+    ray_up()  # as the engine would (2 cores), retrying a start-up time-out on a loaded machine
     t3 = time.perf_counter()
     ray.get(ray.remote(leaf).remote(0))  # Ray is "up" once it can run a task (a worker exists)
     t3b = time.perf_counter()
@@ -314,9 +314,9 @@ def main() -> None:
     shapes = [s for s in args.shapes.split(",") if s]
     systems = [x for x in args.systems.split(",") if x]
     meta = start(args)
-    print(f"recovery: tasks={sizes} (baselines {baseline_sizes}) shapes={shapes} crash at {args.at:.0%} "
+    print(f"recovery: tasks={sizes} (baselines {[n for n in baseline_sizes if n in sizes]}) shapes={shapes} crash at {args.at:.0%} "
           f"trials={args.trials}", flush=True)
-    rows = []
+    rows, failed = [], []
     with tempfile.TemporaryDirectory(prefix="exoflow-bench-") as tmp:
         for n in sizes:
             for shape in shapes:
@@ -325,19 +325,23 @@ def main() -> None:
                         continue
                     row = Row(system, shape, n, crash_task(shape, n, args.at))
                     for i in range(args.trials):
-                        try:
-                            row.trials.append(trial(system, shape, n, args.at, tmp))
-                        except RuntimeError as exc:  # e.g. Ray's node start timing out on a loaded machine
-                            print(f"  {system} {shape} N={n} trial {i + 1}: {str(exc).splitlines()[0]}; "
-                                  f"retrying once", flush=True)
-                            row.failures.append(str(exc)[-2000:])
-                            row.trials.append(trial(system, shape, n, args.at, tmp))
-                        print(f"  {system} {shape} N={n} trial {i + 1}/{args.trials}: "
-                              f"resume {row.trials[-1]['resume_s']:.3f} s", flush=True)
-                    rows.append(summarize(row))
+                        for attempt in (1, 2):  # a set-up failure (Ray's node start timing out on a
+                            try:                # loaded machine) is recorded and tried once more
+                                row.trials.append(trial(system, shape, n, args.at, tmp))
+                                print(f"  {system} {shape} N={n} trial {i + 1}/{args.trials}: "
+                                      f"resume {row.trials[-1]['resume_s']:.3f} s", flush=True)
+                                break
+                            except RuntimeError as exc:
+                                print(f"  {system} {shape} N={n} trial {i + 1} attempt {attempt}: "
+                                      f"{str(exc).splitlines()[0]}", flush=True)
+                                row.failures.append(str(exc)[-2000:])
+                    if row.trials:
+                        rows.append(summarize(row))
+                    else:
+                        failed.append({"system": system, "shape": shape, "n": n, "failures": row.failures})
     rows = growth(rows)
     meta.update(tasks=sizes, baseline_tasks=baseline_sizes, shapes=shapes, systems=systems, crash_point=CRASH_POINT,
-                at=args.at, trials=args.trials, growth_slack=GROWTH_SLACK)
+                at=args.at, trials=args.trials, growth_slack=GROWTH_SLACK, failed_rows=failed)
     publish("recovery.json", table(rows), meta, [asdict(r) for r in rows], targets(rows))
 
 
