@@ -168,6 +168,24 @@ def trip(i: int) -> dict:
     return {"trip": f"trip-{i:03d}", "hotel": 80 + (i * 37) % 170, "flight": 120 + (i * 53) % 380}
 
 
+def start_ray(attempts: int = 3) -> str:
+    """Start a local Ray of our own (never join someone's ``ray start``); its address, for drivers to join.
+
+    Ray gives up after 30 s when a raylet is slow to register (a busy 2-core machine): try again.
+    """
+    import ray
+
+    for attempt in range(attempts):
+        try:
+            ray.init(address="local", include_dashboard=False)
+            return ray.get_runtime_context().gcs_address
+        except Exception:
+            ray.shutdown()
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 # -- the workflow (ExoFlow) ----------------------------------------------------------------
 
 
@@ -229,12 +247,13 @@ def reservation(t: dict, urls: dict, mode: str = "parallel", approval: bool = Fa
 
 def _pickle_by_value() -> None:
     """Ray workers need not find this file on their path: its functions travel by value."""
-    try:
-        import cloudpickle
+    for name in ("cloudpickle", "ray.cloudpickle"):  # the engine's pickler, and Ray's own (vendored) one
+        try:
+            import importlib
 
-        cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    except Exception:
-        pass
+            importlib.import_module(name).register_pickle_by_value(sys.modules[__name__])
+        except Exception:  # not installed (the DBOS venv has neither)
+            pass
 
 
 if __name__ != "__main__":
