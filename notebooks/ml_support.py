@@ -83,7 +83,7 @@ class Sizes:
     @classmethod
     def small(cls) -> "Sizes":
         """The notebook's size: a run takes a second or two."""
-        return cls(partitions=2, rows=4_000, copies=2, smooth=300, hidden=32, epochs=6)
+        return cls(partitions=2, rows=3_000, copies=3, smooth=200, hidden=64, epochs=6)
 
 
 # -- the workload: plain functions (the notebook's cells and the tasks below call them) --------
@@ -244,12 +244,16 @@ def build(config: str, sizes: Sizes):
     return t(evaluate, "evaluate", "evaluate").bind(weights, test)
 
 
-def timed_run(config: str, sizes: Sizes, workflow_id: str) -> tuple[float, dict]:
-    """Run one configuration in this process (Ray already up is best); return (seconds, result)."""
+def timed_run(config: str, sizes: Sizes, workflow_id: str, watch: bool = False) -> tuple[float, dict, dict]:
+    """Run one configuration in this process (best with Ray already up); return (seconds,
+    result, when): with ``watch``, ``when["task:state"]`` is the time since the run started at
+    which that state was first seen (the lineage polled every 20 ms), else ``{}``."""
     node = build(config, sizes)
     t0 = time.perf_counter()
-    result = exo.run(node, workflow_id=workflow_id)
-    return time.perf_counter() - t0, result
+    future = exo.run_async(node, workflow_id=workflow_id)
+    when = watch_states(workflow_id, future, t0) if watch else {}
+    result = future.result()
+    return time.perf_counter() - t0, result, when
 
 
 def epoch_states(workflow_id: str) -> dict[str, list[int]]:
@@ -266,14 +270,15 @@ def epoch_states(workflow_id: str) -> dict[str, list[int]]:
 
 def start_driver(work: str | os.PathLike, config: str, sizes: Sizes, *, ray_address: str | None = None,
                  resume: bool = False, hold_epoch: int | None = None, signal: bool = False,
-                 progress: bool = False) -> subprocess.Popen:
+                 progress: bool = False, warm: bool = True) -> subprocess.Popen:
     """Start ``python ml_support.py --work WORK ...`` (store in WORK/store, log in WORK/driver.log).
 
     ``ray_address``: join that Ray (a kill then takes down the driver alone, as when a kernel
     dies and its cluster stays); else the driver starts a local Ray of its own (2 CPUs).
     ``hold_epoch``: that epoch waits while WORK/hold exists (see :func:`release`).
     ``signal``: each finished epoch touches WORK/signal/epoch-<k>. ``progress``: the driver
-    writes its task states to WORK/progress.json (see :func:`wait_for`).
+    writes its task states to WORK/progress.json (see :func:`wait_for`). ``warm``: start two
+    Ray workers (:func:`warm_up`) before the clock starts.
     """
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -291,6 +296,8 @@ def start_driver(work: str | os.PathLike, config: str, sizes: Sizes, *, ray_addr
         cmd.append("--signal")
     if progress:
         cmd.append("--progress")
+    if not warm:
+        cmd.append("--no-warm-up")
     env = {k: v for k, v in os.environ.items() if k not in ("EXOFLOW_STORE", "EXOFLOW_CRASH_AT", "ML_HOLD",
                                                             "ML_SIGNAL_DIR")}
     with open(work / ("resume.log" if resume else "driver.log"), "w") as log:
@@ -370,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hold-epoch", type=int, default=None)
     ap.add_argument("--signal", action="store_true")
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--no-warm-up", action="store_true", help="do not start two workers before the clock starts")
     args = ap.parse_args(argv)
     work = Path(args.work).resolve()
     sizes = replace(Sizes(), **json.loads(args.sizes))
@@ -385,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": env_vars})
-    warm_up()
+    if not args.no_warm_up:
+        warm_up()
     exo.init(work / "store")
 
     def emit(**fields) -> None:
@@ -398,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         future = exo.run_async(build(args.config, sizes), workflow_id=WORKFLOW_ID)
         if args.progress:
-            _report(work, future, t0)
+            watch_states(WORKFLOW_ID, future, t0, lambda states, when: _write_progress(work, states, when))
         result = future.result()
     seconds = time.perf_counter() - t0
     states: dict[str, int] = {}
@@ -409,25 +418,31 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _report(work: Path, future, t0: float) -> None:
-    """Write the task states to WORK/progress.json whenever they change, with when each state was
-    first seen (seconds since the run started), until the run ends."""
+def watch_states(workflow_id: str, future, t0: float, on_change=None) -> dict[str, float]:
+    """Until ``future`` is done, poll the workflow's task states every 20 ms; return when each
+    ``task:state`` was first seen (seconds since ``t0``), calling ``on_change(states, when)``
+    whenever they change."""
     last: dict[str, str] = {}
-    at: dict[str, float] = {}
+    when: dict[str, float] = {}
     while True:
         done = future.done()
-        states = {r.task_id: r.state for r in exo.lineage(WORKFLOW_ID)}
+        states = {r.task_id: r.state for r in exo.lineage(workflow_id)}
         if states != last:
             now = time.perf_counter() - t0
             for task, state in states.items():
-                at.setdefault(f"{task}:{state}", round(now, 3))
-            tmp = work / "progress.json.tmp"
-            tmp.write_text(json.dumps({"states": states, "at": at}))
-            os.replace(tmp, work / "progress.json")
+                when.setdefault(f"{task}:{state}", round(now, 3))
+            if on_change is not None:
+                on_change(states, when)
             last = states
         if done:
-            return
+            return when
         time.sleep(0.02)
+
+
+def _write_progress(work: Path, states: dict, when: dict) -> None:
+    tmp = work / "progress.json.tmp"
+    tmp.write_text(json.dumps({"states": states, "at": when}))
+    os.replace(tmp, work / "progress.json")
 
 
 if __name__ == "__main__":
