@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
+import networkx as nx
 import ray
 
 from . import blobs, commit, executor, faults, recovery
@@ -193,6 +194,21 @@ class Coordinator:
             if self._commit_due():
                 self._commit()
         self._commit()
+        if self.error:
+            self._take_failed_downstream()
+
+    def _take_failed_downstream(self) -> None:
+        """Tasks downstream of a failed one fail at once in Ray (an input is an error): take
+        their errors, so Ray does not also log each as "Unhandled error" when it is dropped."""
+        failed = [t for t, r in self.tasks.items() if r.phase == "failed"]
+        below = set(nx.descendants(self.graph.digraph, failed[0])) if failed else set()
+        refs = [ref for ref, (t, _) in self.pending.items() if t in below]
+        if not refs:
+            return
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=1.0, fetch_local=False)
+        for ref, outcome in zip(ready, _get_each(ready)):
+            if isinstance(outcome, Exception):
+                _take_errors([self.tasks[self.pending[ref][0]].value])
 
     def _finished(self) -> bool:
         # After a failure or a cancel we stop at once, as ray.get does: tasks still
@@ -363,6 +379,7 @@ class Coordinator:
             return
         self._set_phase(self.tasks[task_id], "failed")
         self.batch.failures.append((task_id, f"{type(cause).__name__}: {cause}"))
+        _take_errors([self.tasks[task_id].value])
         if isinstance(cause, ExoflowError):
             self._set_error(task_id, cause)
         else:
@@ -510,6 +527,18 @@ def actors_in(value: Any) -> set[str]:
     except Exception:
         pass
     return found
+
+
+def _take_errors(refs: list) -> None:
+    """Get refs that hold errors, ignoring them: the workflow's own error tells the story,
+    and Ray would otherwise log each one as "Unhandled error" when it is dropped."""
+    for ref in refs:
+        if ref is None:
+            continue
+        try:
+            ray.get(ref, timeout=0)
+        except Exception:
+            pass
 
 
 def _get_each(refs: list) -> list:

@@ -239,6 +239,8 @@ def start_local_ray(**options: Any) -> None:
     """``ray.init`` of a new local Ray (never someone's `ray start`), tried again if it
     times out while starting: Ray 2.60's raylet gives its dashboard agent a fixed 15 s
     and aborts when an overloaded machine makes it miss that."""
+    # Give the agents the raylet waits for more time than Ray's default on a busy machine.
+    os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")
     for attempt in range(1, START_TRIES + 1):
         before = _children()
         try:

@@ -31,11 +31,21 @@ def render(workflow_id: str, records: Iterable, edges: Iterable[tuple[str, str]]
         colour = LEGEND.get(rec.state, LEGEND["pending"])[0]
         dot.node(rec.task_id, f"{rec.task_id}\n{rec.state}", fillcolor=colour)
     for src, dst in edges:
-        dot.edge(src, dst)
+        _edge(dot, src, dst)
     for parent, child in parents:
-        dot.edge(parent, child, style="dashed", arrowhead="none")
+        _edge(dot, parent, child, style="dashed", arrowhead="none")
     dot.node("legend", _legend_label(), shape="plaintext", style="")
     return dot
+
+
+def _edge(dot: graphviz.Digraph, src: str, dst: str, **attrs: str) -> None:
+    """An edge between two task ids. ``dot.edge`` would read ``event:approved`` as node
+    "event", port "approved" (a phantom node): such ids are quoted whole instead."""
+    if ":" not in src and ":" not in dst:
+        dot.edge(src, dst, **attrs)
+        return
+    quote, extra = graphviz.quoting.quote, graphviz.quoting.a_list(attributes=attrs)
+    dot.body.append(f"\t{quote(src)} -> {quote(dst)}{f' [{extra}]' if extra else ''}\n")
 
 
 def _legend_label() -> str:

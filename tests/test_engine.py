@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import ray
 
 import exoflow_kernel as exo
-from conftest import count
+from conftest import count, run_script
 
 
 def tick(counter_dir: Path, name: str) -> None:
@@ -299,3 +300,44 @@ def test_a_deep_chain_is_stored_and_resumed(store):
     assert exo.run(node, workflow_id="deep") == 1501
     assert len(exo.stored_graph("deep").nodes) == 1501
     assert exo.resume("deep") == 1501
+
+
+def test_a_failed_task_is_reported_once_not_as_ray_unhandled_errors(tmp_path, ray_address):
+    """The workflow's error tells the story; Ray must not also log the failed task's (and its
+    downstream's) dropped results as "Unhandled error" in the user's notebook."""
+    out = run_script("""
+        import gc, time
+        import exoflow_kernel as exo
+
+        @exo.task
+        def boom(x):
+            raise ValueError("out of paper")
+
+        @exo.task
+        def after(*xs):
+            return xs
+
+        try:
+            failing = boom.bind(1)
+            exo.run(after.bind(after.bind(failing), after.bind(after.bind(failing))), "w")
+        except exo.WorkflowFailedError as exc:
+            print("FAILED", exc)
+        gc.collect()
+        time.sleep(2)  # Ray reports unhandled errors from a background thread
+    """, tmp_path / "store", env={"EXOFLOW_RAY_ADDRESS": ray_address})
+    assert "FAILED Workflow 'w' failed in task 'boom'" in out.stdout, out.stderr
+    assert "Unhandled error" not in out.stderr, out.stderr[-3000:]
+
+
+def test_graph_of_an_event_task_has_no_phantom_node():
+    """Event nodes are named ``event:<name>``; graphviz must not read that as node:port."""
+    from collections import namedtuple
+
+    from exoflow_kernel.render import render
+
+    rec = namedtuple("rec", "task_id state")
+    dot = render("w", [rec("event:approved", "committed"), rec("approve", "pending")], [("event:approved", "approve")])
+    svg = dot.pipe(format="svg").decode()
+    titles = re.findall(r"<title>([^<]+)</title>", svg)
+    assert "event:approved&#45;&gt;approve" in titles, titles
+    assert "event" not in titles, "a phantom node named 'event'"
