@@ -288,18 +288,3 @@ def test_kill_the_kernel_in_a_long_cell_then_resume_in_a_fresh_one(kernels, tmp_
     assert fresh.value('exo.sql("select count(*), count(distinct id) from sales")') == [[5, 5]]
     assert any("image/svg+xml" in d for d in out.data), "no recovery graph shown"
     assert "slow" in out.stdout or any("re-executed" in d.get("text/plain", "") for d in out.data)
-
-
-def test_quickstart_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
-    """notebooks/quickstart.ipynb, executed as a front-end would (nbclient sends cell ids)."""
-    import nbformat
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(ROOT / "notebooks" / "quickstart.ipynb", as_version=4)
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    monkeypatch.delenv("EXOFLOW_STORE", raising=False)
-    NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    text = "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "")
-                   for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert "total: 285" in text and "workflow quickstart: SUCCESSFUL" in text and "UsageError" not in text
-    assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
