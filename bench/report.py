@@ -93,11 +93,12 @@ def main() -> None:
     args = p.parse_args()
     rows = ordered(gather(args.results))
     print(table(rows))
-    measured = [r for r in rows if r["file"] != "-"]
-    passed = sum(1 for r in measured if r["passed"])
-    print(f"\n{passed} of {len(rows)} targets pass, {len(measured) - passed} missed, {len(rows) - len(measured)} not measured"
+    judged = [r for r in rows if r["passed"] is not None]  # info rows (no target) are not counted
+    passed = sum(1 for r in judged if r["passed"])
+    unmeasured = sum(1 for r in rows if r["file"] == "-")
+    print(f"\n{passed} of {len(judged) + unmeasured} targets pass, {len(judged) - passed} missed, {unmeasured} not measured"
           f" (load: 1-min load average before->after each script, on {_cpus(args.results)} cores)")
-    if args.strict and passed < len(rows):
+    if args.strict and passed < len(judged) + unmeasured:
         sys.exit(1)
 
 
