@@ -33,6 +33,7 @@ bench:
 	-python3 bench/scale.py
 	-python3 bench/ml_pipeline.py
 	-python3 bench/reservation.py
+	-python3 bench/cells.py
 	python3 bench/plots.py
 	python3 bench/report.py
 
@@ -47,5 +48,6 @@ bench-quick:
 	-python3 bench/scale.py --quick
 	-python3 bench/ml_pipeline.py --quick
 	-python3 bench/reservation.py --quick
+	-python3 bench/cells.py --quick
 	python3 bench/plots.py
 	python3 bench/report.py
