@@ -32,6 +32,13 @@ run's: the same data, the same result, with or without a crash.
 Targets (issue 5): Selective AsyncCkpt <= 1.1x NoCkpt without a failure; with the crash it
 finishes in <= 0.6x the time NoCkpt needs (which starts over).
 
+How low that second ratio can go depends on the workload's shape, not only on the engine. With A
+the time of ETL + augmentation and E that of all epochs, a crash at 60 % of the epochs costs
+NoCkpt about (A + 0.6E) + (A + E), and a perfect Selective AsyncCkpt about (A + 0.6E) + 0.5E (the
+epoch in flight runs again), so the ratio is about (A + 1.1E) / (2A + 1.6E): 0.69 when A is
+nothing, 0.58 when A = E, 0.55 when A = 2E. As in the paper, augmentation is the expensive stage:
+the default ``--smooth`` makes A about 2E here (a first default, A about 1.3E, gave 0.63x).
+
     python bench/ml_pipeline.py              # ~3-5 min on 2 idle cores: 3 repeats, default sizes
     python bench/ml_pipeline.py --quick      # ~1-2 min: smaller data, 1 repeat
     python bench/ml_pipeline.py --epochs 20 --rows 20000 --repeats 5

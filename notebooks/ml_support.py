@@ -73,7 +73,7 @@ class Sizes:
     rows: int = 8_000         # rows per partition
     features: int = 32
     copies: int = 3           # augmented copies of each row (the original is kept too)
-    smooth: int = 600         # jitter smoothing passes: the cost knob of augmentation
+    smooth: int = 1000        # jitter smoothing passes: the cost knob of augmentation (see bench/ml_pipeline.py)
     hidden: int = 64
     epochs: int = 10
     batch: int = 256
