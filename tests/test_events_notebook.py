@@ -27,31 +27,14 @@ ROOT = Path(__file__).resolve().parent.parent
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """One local Ray that every kernel here joins (EXOFLOW_RAY_ADDRESS): starting a Ray per kernel
-    on a busy 2-core machine can take longer than Ray's own 30 s start-up limit."""
-    import ray
-
-    for attempt in range(3):  # Ray gives up after 30 s when the machine is very busy: try again
-        try:
-            info = ray.init(address="local", include_dashboard=False)
-            break
-        except Exception:
-            ray.shutdown()
-            if attempt == 2:
-                raise
-    yield info.address_info["gcs_address"]
-    ray.shutdown()
-
-
 @pytest.fixture
-def kernels(tmp_path, ray_cluster):
-    """Start real kernels (``tnk.Kernel``) that join the shared Ray; shut down what is left at the end."""
+def kernels(tmp_path, ray_address):
+    """Start real kernels (``tnk.Kernel``) that join the test session's Ray (conftest's
+    ``ray_address``: a Ray per kernel costs a start-up each); shut down what is left at the end."""
     started: list[tnk.Kernel] = []
 
     def start() -> tnk.Kernel:
-        started.append(tnk.Kernel(tmp_path, EXOFLOW_RAY_ADDRESS=ray_cluster))
+        started.append(tnk.Kernel(tmp_path, EXOFLOW_RAY_ADDRESS=ray_address))
         return started[-1]
 
     yield start
