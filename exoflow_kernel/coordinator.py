@@ -372,6 +372,7 @@ class Coordinator:
         return blobs.read_file(self.store.blobs / meta["location"])
 
     def _failed(self, task_id: str, exc: Exception) -> None:
+        _take_errors([self.tasks[task_id].value])  # the value holds the same error: taken, not "unhandled"
         if self.error is not None:
             return  # downstream of the first failure: that one is the story
         cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause else exc
@@ -379,7 +380,6 @@ class Coordinator:
             return
         self._set_phase(self.tasks[task_id], "failed")
         self.batch.failures.append((task_id, f"{type(cause).__name__}: {cause}"))
-        _take_errors([self.tasks[task_id].value])
         if isinstance(cause, ExoflowError):
             self._set_error(task_id, cause)
         else:
