@@ -1,5 +1,9 @@
 """The verbs: everything ``exo.*`` exposes. Thin: each checks its input, then
-hands over to the store, the planner and the coordinator."""
+hands over to the store, the planner and the coordinator.
+
+Ray (and the coordinator and executor, which need it) is imported only when a
+workflow runs: looking at a store (``status``, ``lineage``, the CLI) costs a
+DuckDB query, not Ray's multi-second import."""
 
 from __future__ import annotations
 
@@ -13,17 +17,18 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
 
 import cloudpickle
-import ray
 
-from . import blobs, commit, executor, recovery
+from . import blobs, commit, recovery
 from . import context as _context
-from .coordinator import Coordinator, live, live_workflows, notify_event, register, task_row, unregister
-from .dag import Continuation, EventNode, Graph, Node, TaskFunction, TaskOptions, build_graph, flatten, unflatten
+from .dag import (
+    Continuation, EventNode, Graph, Node, TaskFunction, TaskOptions, build_graph, flatten, task_row, unflatten,
+)
 from .render import render
 from .errors import (
     CheckpointCorruptedError, EventError, InvalidOptionError, TaskNotFoundError, UnpicklableWorkflowError,
     WorkflowCanceledError, WorkflowExistsError, WorkflowLiveError, WorkflowNotFinishedError,
 )
+from .running import live, live_workflows, notify_event, register, unregister
 from .store import Store
 
 _ID = re.compile(r"^[A-Za-z0-9_.:@+=-]{1,200}$")
@@ -97,6 +102,8 @@ def _current_store() -> Store:
 
 
 def _ensure_ray(store: Store) -> None:
+    from . import executor
+
     executor.ensure_ray(_ray_address or os.environ.get("EXOFLOW_RAY_ADDRESS") or None)
     store.refresh_leftovers()  # every run: Ray's agents may have started after ray.init returned
 
@@ -210,6 +217,8 @@ def _start(store: Store, workflow_id: str, graph, new: tuple | None = None,
         snap, run_no = recovery.Snapshot.empty(), 1
         plan = recovery.Plan(labels=dict.fromkeys(graph.nodes, recovery.PENDING))
     commit.start_run(store, workflow_id, run_no, plan.labels, new)
+    from .coordinator import Coordinator
+
     coordinator = Coordinator(store, workflow_id, graph, run_no, snap, plan)
     register(coordinator)
     future: concurrent.futures.Future = concurrent.futures.Future()
@@ -217,7 +226,9 @@ def _start(store: Store, workflow_id: str, graph, new: tuple | None = None,
     return future
 
 
-def _drive(coordinator: Coordinator, future: concurrent.futures.Future) -> None:
+def _drive(coordinator, future: concurrent.futures.Future) -> None:
+    import ray
+
     store, wf = coordinator.store, coordinator.workflow_id
     try:
         coordinator.execute()

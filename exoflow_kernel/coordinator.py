@@ -34,7 +34,7 @@ import ray
 
 from . import blobs, commit, executor, faults, recovery
 from .context import TaskContext
-from .dag import Continuation, EventNode, Graph, Node, build_graph
+from .dag import Continuation, EventNode, Graph, Node, build_graph, checkpoint_mode, task_row
 from .errors import (
     ActorLostError, CheckpointCorruptedError, ExoflowError, WorkflowCanceledError, WorkflowFailedError,
 )
@@ -42,24 +42,6 @@ from .store import Store
 
 COMMIT_INTERVAL = 0.05  # seconds between grouped commits while tasks keep finishing
 WAIT_WINDOW = 4096  # oldest pending refs looked at per loop
-_live: dict[tuple[str, str], "Coordinator"] = {}
-_live_lock = threading.Lock()
-
-
-def live_workflows(store: Store) -> list[str]:
-    with _live_lock:
-        return [wf for (root, wf) in _live if root == str(store.root)]
-
-
-def live(store: Store, workflow_id: str) -> "Coordinator | None":
-    with _live_lock:
-        return _live.get((str(store.root), workflow_id))
-
-
-def notify_event(store: Store, workflow_id: str) -> None:
-    coordinator = live(store, workflow_id)
-    if coordinator is not None:
-        coordinator.wake()
 
 
 @dataclass
@@ -553,28 +535,3 @@ def _get_each(refs: list) -> list:
             except Exception as exc:
                 out.append(exc)
         return out
-
-
-def checkpoint_mode(opts, is_result: bool) -> str | bool:
-    """A task's checkpoint mode. A workflow's root (and a continuation's) always
-    checkpoints: it is the result that ``exo.run`` with the same id and
-    ``exo.output`` return without running anything again."""
-    return opts.checkpoint or ("sync" if is_result else False)
-
-
-def task_row(graph: Graph, task_id: str, parent: str | None = None) -> tuple:
-    """Static description of a task, as stored in ``exoflow.tasks``."""
-    opts = graph.nodes[task_id].options
-    checkpoint = checkpoint_mode(opts, task_id == graph.root) or "off"
-    return (task_id, graph.nodes[task_id].task.name, checkpoint, opts.deterministic, opts.effect,
-            graph.upstream(task_id), parent)
-
-
-def register(coordinator: Coordinator) -> None:
-    with _live_lock:
-        _live[(str(coordinator.store.root), coordinator.workflow_id)] = coordinator
-
-
-def unregister(coordinator: Coordinator) -> None:
-    with _live_lock:
-        _live.pop((str(coordinator.store.root), coordinator.workflow_id), None)

@@ -356,3 +356,18 @@ def _swap(obj: Any, fn: Callable, kind: type = Node) -> Any:
     if isinstance(obj, dict):
         return {k: _swap(v, fn, kind) for k, v in obj.items()}
     return obj
+
+
+def checkpoint_mode(opts: TaskOptions, is_result: bool) -> str | bool:
+    """A task's checkpoint mode. A workflow's root (and a continuation's) always
+    checkpoints: it is the result that ``exo.run`` with the same id and
+    ``exo.output`` return without running anything again."""
+    return opts.checkpoint or ("sync" if is_result else False)
+
+
+def task_row(graph: Graph, task_id: str, parent: str | None = None) -> tuple:
+    """Static description of a task, as stored in ``exoflow.tasks``."""
+    opts = graph.nodes[task_id].options
+    checkpoint = checkpoint_mode(opts, task_id == graph.root) or "off"
+    return (task_id, graph.nodes[task_id].task.name, checkpoint, opts.deterministic, opts.effect,
+            graph.upstream(task_id), parent)

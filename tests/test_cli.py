@@ -150,6 +150,22 @@ def test_store_comes_from_env_then_dot_exoflow(made, tmp_path):
     assert not (tmp_path / ".exoflow").exists()  # looking never creates a store
 
 
+def test_read_commands_never_import_ray(made):
+    """Looking at a store is a DuckDB query: Ray's import (seconds on a busy machine) is paid
+    only by commands that run a workflow."""
+    store, svg = str(made["store"]), str(made["tmp"] / "read-only.svg")
+    code = textwrap.dedent(f"""
+        import sys
+        from exoflow_kernel import cli
+        rc = cli.main(["--store", {store!r}, "lineage", "etl", "--json"])
+        rc = rc or cli.main(["--store", {store!r}, "graph", "etl", "-o", {svg!r}])
+        print(rc, sorted(m for m in sys.modules if m == "ray" or m.startswith("ray.")))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "0 []"
+
+
 def test_console_script_is_installed(made):
     exe = shutil.which("exoflow")
     if exe is None:
