@@ -109,6 +109,8 @@ def _check_ray_options(options: dict) -> None:
     for key, value in options.items():
         if key in _OURS:
             raise InvalidOptionError(key, value, _OURS[key])
+    if not options:  # nothing for Ray to check: do not import it just to declare a task
+        return
     try:
         from ray._common.ray_option_utils import task_options, validate_task_options
     except ImportError:  # another Ray layout: Ray checks them at the first submission instead

@@ -9,6 +9,8 @@ from __future__ import annotations
 import threading
 from typing import Protocol
 
+from .store import Store
+
 
 class Running(Protocol):
     """What the registry needs of a coordinator."""
@@ -16,7 +18,7 @@ class Running(Protocol):
     workflow_id: str
 
     @property
-    def store(self): ...
+    def store(self) -> Store: ...
 
     def wake(self) -> None: ...
 
@@ -25,19 +27,19 @@ _live: dict[tuple[str, str], Running] = {}
 _lock = threading.Lock()
 
 
-def live_workflows(store) -> list[str]:
+def live_workflows(store: Store) -> list[str]:
     """Ids of the workflows this process runs on ``store``."""
     with _lock:
         return [wf for (root, wf) in _live if root == str(store.root)]
 
 
-def live(store, workflow_id: str) -> Running | None:
+def live(store: Store, workflow_id: str) -> Running | None:
     """The coordinator running ``workflow_id`` here, if any."""
     with _lock:
         return _live.get((str(store.root), workflow_id))
 
 
-def notify_event(store, workflow_id: str) -> None:
+def notify_event(store: Store, workflow_id: str) -> None:
     """An event arrived: wake the coordinator that may be waiting for it."""
     coordinator = live(store, workflow_id)
     if coordinator is not None:

@@ -133,9 +133,10 @@ def lineage(work: str | os.PathLike) -> dict[str, str]:
     """Task states as ``exoflow lineage --json`` reports them from another process."""
     out = subprocess.run([sys.executable, "-m", "exoflow_kernel.cli", "--store", str(Path(work) / "store"),
                           "lineage", WORKFLOW_ID, "--json"], capture_output=True, text=True, timeout=120)
-    with open(Path(work) / "poll.log", "a") as log:  # what the CLI said, for wait_for's error message
-        log.write(f"exit {out.returncode}: {out.stdout.strip()[-600:]} {out.stderr.strip()[-600:]}\n")
-    return {r["task_id"]: r["state"] for r in json.loads(out.stdout)} if out.returncode == 0 else {}
+    states = {r["task_id"]: r["state"] for r in json.loads(out.stdout)} if out.returncode == 0 else {}
+    answer = json.dumps(states) if out.returncode == 0 else f"exit {out.returncode}: {out.stderr.strip()[-600:]}"
+    (Path(work) / "last-poll.txt").write_text(answer)  # the CLI's latest answer, for wait_for's error message
+    return states
 
 
 def wait_for(work: str | os.PathLike, proc: subprocess.Popen, wanted: dict[str, str], timeout: float = 200) -> dict:
@@ -149,7 +150,8 @@ def wait_for(work: str | os.PathLike, proc: subprocess.Popen, wanted: dict[str, 
                 return states
         if proc.poll() is not None or time.monotonic() > deadline:
             log = (work / "driver.log").read_text()[-3000:]
-            polls = (work / "poll.log").read_text().splitlines()[-1:] if (work / "poll.log").exists() else []
+            last = work / "last-poll.txt"
+            polls = last.read_text() if last.exists() else "none yet"
             if proc.poll() is None:
                 crash(proc)
             raise RuntimeError(f"the driver never reached {wanted} (exit {proc.returncode}); the CLI's last answer: "
