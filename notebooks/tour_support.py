@@ -73,14 +73,16 @@ def prep(work: str, xs: list[int]) -> list[int]:
     return [x * 10 for x in xs]
 
 
-@exo.task
+# The two tasks that wait at their crash point take no CPU slot: on a 2-core machine they would
+# otherwise hold both, and `second` (still queued in Ray, shown as running) would never get to run.
+@exo.task(num_cpus=0)
 def slow(work: str, xs: list[int]) -> int:
     _ran(work, "slow")
     _hold(work, "slow")
     return sum(xs)
 
 
-@exo.task(effect="idempotent")
+@exo.task(effect="idempotent", num_cpus=0)
 def charge(work: str, xs: list[int]) -> str:
     """Charge once per idempotency key, as a payment API does; the key is the same on every attempt."""
     _ran(work, "charge")
