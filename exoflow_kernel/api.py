@@ -11,6 +11,7 @@ import concurrent.futures
 import os
 import re
 import shutil
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -95,6 +96,18 @@ def close() -> None:
                 raise WorkflowLiveError(busy[0], "this process", str(_store.root))
             _store.close()
             _store = None
+
+
+def shutdown() -> None:
+    """The process is about to exit (a kernel asked to shut down): let go of the store and
+    stop the local Ray we started, so nothing has to be killed after us. A workflow still
+    running here is left exactly as a crash would leave it: resumable, its Ray untouched."""
+    with _lock:
+        if _store is not None and live_workflows(_store):
+            return
+        close()
+    if "exoflow_kernel.executor" in sys.modules:  # never import Ray just to stop it
+        sys.modules["exoflow_kernel.executor"].stop_ray()
 
 
 def _current_store() -> Store:

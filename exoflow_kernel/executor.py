@@ -224,15 +224,28 @@ def remote_for(task: TaskFunction) -> Any:
     return remote
 
 
+_started_here = False  # whether the Ray this process is connected to is one we started
+
+
 def ensure_ray(address: str | None = None) -> bool:
     """Join ``address``, or start a local Ray; return True if we started one."""
+    global _started_here
     if ray.is_initialized():
         return False
     if address:
         ray.init(address=address, log_to_driver=True)
         return False
     start_local_ray()
+    _started_here = True
     return True
+
+
+def stop_ray() -> None:
+    """Shut down the local Ray we started (someone else's, or a cluster we joined, stays)."""
+    global _started_here
+    if _started_here and ray.is_initialized():
+        ray.shutdown()
+    _started_here = False
 
 
 def start_local_ray(**options: Any) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import psutil
 import pytest
 from jupyter_client import KernelManager
 
@@ -192,6 +193,24 @@ def test_task_cells_run_publish_and_rerun_only_what_changed(kernels, tmp_path):
     assert svg and "image/svg+xml" in svg[0] and "total" in svg[0]["image/svg+xml"]
     lineage = k.ok("%exoflow lineage").data[0]["text/plain"]  # the table widget's text form
     assert lineage.startswith("task_id") and re.search(r"\ntotal\s+total\s+(committed|recovered|skipped)\s", lineage)
+
+
+def test_shutting_the_kernel_down_stops_its_ray_and_lets_go_of_the_store(kernels, tmp_path):
+    """Jupyter gives a kernel 5 s to exit before it kills it; ipykernel spends them
+    SIGTERMing a local Ray. The extension stops its Ray first: the kernel exits by itself."""
+    k = kernels()
+    setup(k, tmp_path, "bye")
+    k.ok('%%exoflow task\ntick("a")\na = 1')
+    kernel = k.km.provisioner.process
+    ray_procs = psutil.Process(kernel.pid).children(recursive=True)
+    assert any("raylet" in p.name() for p in ray_procs), [p.name() for p in ray_procs]
+    k.close()
+    assert kernel.wait(timeout=30) == 0, f"the kernel did not exit by itself (exit {kernel.returncode})"
+    _, alive = psutil.wait_procs(ray_procs, timeout=30)
+    assert not alive, f"Ray processes the kernel started outlived it: {alive}"
+    assert not (tmp_path / "store" / "owner.json").exists()
+    assert duckdb.connect(str(tmp_path / "store" / "lineage.duckdb"), read_only=True).execute(
+        "select status from exoflow.workflows where workflow_id = 'bye'").fetchall() == [("SUCCESSFUL",)]
 
 
 BAD_MAGICS = [
