@@ -14,15 +14,19 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import duckdb
-import pyarrow as pa
+import numpy as np
 
 from . import faults
 from .errors import StoreError
 from .store import Store
 
-_FEW = 4  # up to this many rows, a VALUES list beats registering an Arrow table
+if TYPE_CHECKING:
+    import pyarrow
+
+_FEW = 4  # up to this many rows, a VALUES list beats registering columns
 
 
 @dataclass
@@ -110,14 +114,18 @@ def _write(cur: duckdb.DuckDBPyConnection, store: Store, wf: str, run: int, batc
 
 
 def _insert(cur: duckdb.DuckDBPyConnection, table: str, rows: list[tuple]) -> None:
-    """Append rows: a VALUES list when few, else one Arrow table (flat cost in DuckDB)."""
+    """Append rows: a VALUES list when few, else NumPy object columns DuckDB scans in one go.
+
+    Not an Arrow table: ``pa.array`` imports pandas the first time (0.3-2 s, paid by
+    the first commit of every process, a resume's included)."""
     if not rows:
         return
     if len(rows) <= _FEW:
         marks = "(" + ", ".join("?" * len(rows[0])) + ")"
         cur.execute(f"insert into {table} values " + ", ".join([marks] * len(rows)), [v for r in rows for v in r])
         return
-    batch = pa.table({f"c{i}": pa.array(list(col)) for i, col in enumerate(zip(*rows))})
+    # fromiter, not np.array: a column of equal-length lists must stay one-dimensional
+    batch = {f"c{i}": np.fromiter(col, dtype=object, count=len(rows)) for i, col in enumerate(zip(*rows))}
     # No try/finally: in an aborted transaction unregister would fail and hide the
     # real error; the cursor (and its registrations) is dropped with the rollback.
     cur.register("_exoflow_batch", batch)
@@ -125,7 +133,7 @@ def _insert(cur: duckdb.DuckDBPyConnection, table: str, rows: list[tuple]) -> No
     cur.unregister("_exoflow_batch")
 
 
-def _write_rows(cur: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> int:
+def _write_rows(cur: duckdb.DuckDBPyConnection, table: str, rows: "pyarrow.Table") -> int:
     """Append rows to main.<table>, creating it from the rows' schema the first time."""
     cur.register("_exoflow_rows", rows)  # dropped with the cursor if this fails (see _insert)
     cur.execute(f'create table if not exists main."{table}" as select * from _exoflow_rows limit 0')

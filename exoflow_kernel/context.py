@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextvars
 import re
 from dataclasses import dataclass, field
-from typing import Any
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidOptionError, NotInTaskError, WriteNotAllowedError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 _current: contextvars.ContextVar["TaskContext | None"] = contextvars.ContextVar("exoflow_task", default=None)
 _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -29,7 +30,7 @@ class TaskContext:
     task_id: str
     attempt: int
     effect: str | None
-    writes: list[tuple[str, pa.Table]] = field(default_factory=list)
+    writes: "list[tuple[str, pa.Table]]" = field(default_factory=list)
 
     @property
     def idempotency_key(self) -> str:
@@ -45,8 +46,11 @@ class TaskContext:
         self.writes.append((table, to_arrow(rows)))
 
 
-def to_arrow(rows: Any) -> pa.Table:
-    """Accept a list of dicts, a pandas DataFrame or an Arrow table."""
+def to_arrow(rows: Any) -> "pa.Table":
+    """Accept a list of dicts, a pandas DataFrame or an Arrow table. (pyarrow is imported
+    here, by the task that writes: looking at a store does not need it.)"""
+    import pyarrow as pa
+
     if isinstance(rows, pa.Table):
         return rows
     if isinstance(rows, list) and all(isinstance(r, dict) for r in rows):

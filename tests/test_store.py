@@ -62,3 +62,24 @@ def test_a_long_tmpdir_still_leaves_room_for_the_owner_socket(tmp_path):
     finally:
         writer.kill()
         writer.wait()
+
+
+FIRST_COMMIT = """
+import sys
+from exoflow_kernel import commit
+from exoflow_kernel.store import Store
+store = Store(sys.argv[1])
+tasks = [(f"t{i}", "t", "sync", True, None, [f"t{i - 1}"] if i else [], None) for i in range(50)]
+commit.start_run(store, "wf", 1, {}, new=("t49", b"dag", tasks))
+rows = store.query("select count(*), count(distinct upstream) from exoflow.tasks where workflow_id = 'wf'")
+print(rows, sorted(m for m in ("pandas", "pyarrow") if m in sys.modules))
+"""
+
+
+def test_a_first_commit_of_many_rows_imports_neither_pandas_nor_pyarrow(tmp_path):
+    """A process's first big commit (a resume's too) used to import pandas through
+    pyarrow: 0.3-2 s. The rows must still all land, list columns included."""
+    out = subprocess.run([sys.executable, "-c", FIRST_COMMIT, str(tmp_path / "store")], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[(50, 50)] []", out.stdout
