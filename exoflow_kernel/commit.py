@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import duckdb
-import numpy as np
 
 from . import faults
 from .errors import StoreError
@@ -124,6 +123,8 @@ def _insert(cur: duckdb.DuckDBPyConnection, table: str, rows: list[tuple]) -> No
         marks = "(" + ", ".join("?" * len(rows[0])) + ")"
         cur.execute(f"insert into {table} values " + ", ".join([marks] * len(rows)), [v for r in rows for v in r])
         return
+    import numpy as np  # here: looking at a store (the CLI) never commits
+
     # fromiter, not np.array: a column of equal-length lists must stay one-dimensional
     batch = {f"c{i}": np.fromiter(col, dtype=object, count=len(rows)) for i, col in enumerate(zip(*rows))}
     # No try/finally: in an aborted transaction unregister would fail and hide the

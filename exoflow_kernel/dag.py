@@ -14,11 +14,12 @@ import inspect
 import itertools
 import weakref
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator
-
-import networkx as nx
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .errors import CycleError, InvalidOptionError, TaskArgumentsError
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 _CHECKPOINT_MODES = ("sync", "async", False)
 _EFFECTS = (None, "transactional", "idempotent")
@@ -259,7 +260,11 @@ class Graph:
         return self.topo
 
     @property
-    def digraph(self) -> nx.DiGraph:
+    def digraph(self) -> "nx.DiGraph":
+        """The graph for networkx's algorithms. networkx is imported here, on first use:
+        the CLI's read commands never need it, and it is a third of their start-up."""
+        import networkx as nx
+
         graph = nx.DiGraph()
         graph.add_nodes_from(self.topo)
         graph.add_edges_from((u, t) for t in self.topo for u in self.ups[t])
@@ -301,6 +306,8 @@ def build_graph(root: Node, prefix: str = "") -> Graph:
             downs[u].append(task_id)
     graph = Graph({ids[id(n)]: n for n in in_order}, ids, ids[id(root)], [ids[id(n)] for n in in_order], ups, downs)
     if any(n.order <= u.order for n in in_order for u in node_ups[id(n)]):
+        import networkx as nx
+
         digraph = graph.digraph
         if not nx.is_directed_acyclic_graph(digraph):
             raise CycleError([u for u, _ in nx.find_cycle(digraph)])

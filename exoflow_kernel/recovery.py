@@ -20,8 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import networkx as nx
-
 from . import blobs
 from .dag import Graph
 from .errors import CheckpointCorruptedError
@@ -127,6 +125,8 @@ def _label(workflow_id: str, task_id: str, graph: Graph, snap: Snapshot, blob_ro
 
 
 def _with_downstream(graph: Graph, tasks: set[str]) -> set[str]:
+    import networkx as nx  # on first use, as in dag.Graph.digraph
+
     out = set()
     for t in tasks:
         if t in graph.nodes:
