@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -118,101 +119,90 @@ def lab(tmp_path):
         log.close()
 
 
-def test_quickstart_runs_in_jupyterlab_and_the_dag_widget_shows_the_states(lab):
+@contextmanager
+def notebook_running(lab: tuple[str, str], name: str):
+    """Open ``name`` in JupyterLab in Chromium on its ExoFlow kernel, click Run All Cells,
+    yield the page; if the test fails, keep a screenshot of what the page showed."""
     from playwright.sync_api import sync_playwright
 
     url, token = lab
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(120_000)
-            page.goto(f"{url}/lab/tree/quickstart.ipynb?token={token}")
+            page.goto(f"{url}/lab/tree/{name}.ipynb?token={token}")
             page.locator(".jp-Notebook .jp-Cell").first.wait_for()
             page.locator(".jp-Toolbar-kernelName", has_text="ExoFlow").first.wait_for()  # the notebook's kernel
             page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for()
-
             page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
             page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-
-            # the last cell's lineage table means every cell above ran without an error
-            table = page.locator(".jupyter-widgets.exoflow-lineage table.exoflow-lineage")
-            table.wait_for(timeout=RUN_TIMEOUT_MS)
-            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']")
-            assert errors.count() == 0, errors.first.inner_text()
-
-            # the DAG widgets are live ipywidgets views (not the static fallback), one per run
-            dags = page.locator(".jupyter-widgets.exoflow-dag")
-            assert dags.count() >= 5, dags.count()
-            graph = dags.nth(3)  # `%exoflow graph`, after the three task cells
-            graph.scroll_into_view_if_needed()
-            texts = graph.locator("svg text").all_text_contents()
-            for task in ("rows", "save", "total"):
-                assert task in texts, texts
-            header = graph.locator(".exoflow-progress").inner_text()
-            assert "SUCCESSFUL" in header and "3 tasks" in header, header
-            assert texts.count("committed") >= 3, texts  # 2 tasks + the legend
-
-            last = dags.last  # `%exoflow run` after a helper of `total` changed
-            last_texts = last.locator("svg text").all_text_contents()
-            assert "stale" in last_texts and "recovered" in last_texts, last_texts
-            states = table.locator("td.exoflow-state").all_inner_texts()
-            assert states[:3] == ["recovered", "recovered", "stale"], states
-
-            page.keyboard.press("Control+b")  # hide the file browser: more room for the notebook
-            graph.evaluate("e => e.scrollIntoView({block: 'start'})")
-            page.wait_for_timeout(500)  # let the last repaint land before the picture
-            page.screenshot(path=str(ARTIFACTS / "quickstart.png"))
+            yield page
         except BaseException:
-            page.screenshot(path=str(ARTIFACTS / "quickstart-failed.png"))  # what the page showed
+            page.screenshot(path=str(ARTIFACTS / f"{name}-failed.png"))
             raise
         finally:
             browser.close()
+
+
+def assert_no_error_output(page) -> None:
+    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']")
+    assert errors.count() == 0, errors.first.inner_text()
+
+
+def test_quickstart_runs_in_jupyterlab_and_the_dag_widget_shows_the_states(lab):
+    with notebook_running(lab, "quickstart") as page:
+        # the last cell's lineage table means every cell above ran without an error
+        table = page.locator(".jupyter-widgets.exoflow-lineage table.exoflow-lineage")
+        table.wait_for(timeout=RUN_TIMEOUT_MS)
+        assert_no_error_output(page)
+
+        # the DAG widgets are live ipywidgets views (not the static fallback), one per run
+        dags = page.locator(".jupyter-widgets.exoflow-dag")
+        assert dags.count() >= 5, dags.count()
+        graph = dags.nth(3)  # `%exoflow graph`, after the three task cells
+        graph.scroll_into_view_if_needed()
+        texts = graph.locator("svg text").all_text_contents()
+        for task in ("rows", "save", "total"):
+            assert task in texts, texts
+        header = graph.locator(".exoflow-progress").inner_text()
+        assert "SUCCESSFUL" in header and "3 tasks" in header, header
+        assert texts.count("committed") >= 3, texts  # 2 tasks + the legend
+
+        last = dags.last  # `%exoflow run` after a helper of `total` changed
+        last_texts = last.locator("svg text").all_text_contents()
+        assert "stale" in last_texts and "recovered" in last_texts, last_texts
+        states = table.locator("td.exoflow-state").all_inner_texts()
+        assert states[:3] == ["recovered", "recovered", "stale"], states
+
+        page.keyboard.press("Control+b")  # hide the file browser: more room for the notebook
+        graph.evaluate("e => e.scrollIntoView({block: 'start'})")
+        page.wait_for_timeout(500)  # let the last repaint land before the picture
+        page.screenshot(path=str(ARTIFACTS / "quickstart.png"))
     assert (ARTIFACTS / "quickstart.png").stat().st_size > 10_000
 
 
 def test_a_task_cell_waits_for_the_event_until_chromium_clicks_its_button(lab):
-    from playwright.sync_api import sync_playwright
+    with notebook_running(lab, "events") as page:
+        button = page.locator(".exoflow-events button.exoflow-event-button", has_text="approved")
+        button.wait_for(timeout=RUN_TIMEOUT_MS)
+        page.locator(".exoflow-event-note", has_text="waits for event 'approved'").wait_for()
+        page.wait_for_timeout(2000)  # it really waits: the next cell has not run
+        printed = page.locator(".jp-OutputArea-output", has_text="decision:")
+        assert printed.count() == 0, printed.first.inner_text()
+        page.screenshot(path=str(ARTIFACTS / "event-waiting.png"))
 
-    url, token = lab
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(120_000)
-            page.goto(f"{url}/lab/tree/events.ipynb?token={token}")
-            page.locator(".jp-Notebook .jp-Cell").first.wait_for()
-            page.locator(".jp-Toolbar-kernelName", has_text="ExoFlow").first.wait_for()
-            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for()
-            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-
-            button = page.locator(".exoflow-events button.exoflow-event-button", has_text="approved")
-            button.wait_for(timeout=RUN_TIMEOUT_MS)
-            page.locator(".exoflow-event-note", has_text="waits for event 'approved'").wait_for()
-            page.wait_for_timeout(2000)  # it really waits: the next cell has not run
-            printed = page.locator(".jp-OutputArea-output", has_text="decision:")
-            assert printed.count() == 0, printed.first.inner_text()
-            page.screenshot(path=str(ARTIFACTS / "event-waiting.png"))
-
-            button.click()
-            printed.first.wait_for(timeout=RUN_TIMEOUT_MS)
-            assert "decision: ('approved', 1200)" in printed.first.inner_text()
-            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']")
-            assert errors.count() == 0, errors.first.inner_text()
-            arrived = page.locator(".jp-OutputArea-output", has_text="event 'approved' arrived and is durable")
-            assert arrived.count() == 1
-            assert page.locator(".exoflow-events button.exoflow-event-button").count() == 0, "the button stays after"
-            dag = page.locator(".jupyter-widgets.exoflow-dag").last
-            header = dag.locator(".exoflow-progress").inner_text()
-            assert "SUCCESSFUL" in header, header
-            texts = dag.locator("svg text").all_text_contents()
-            assert "approve" in texts, texts
-            page.screenshot(path=str(ARTIFACTS / "event-clicked.png"))
-        except BaseException:
-            page.screenshot(path=str(ARTIFACTS / "events-failed.png"))
-            raise
-        finally:
-            browser.close()
+        button.click()
+        printed.first.wait_for(timeout=RUN_TIMEOUT_MS)
+        assert "decision: ('approved', 1200)" in printed.first.inner_text()
+        assert_no_error_output(page)
+        arrived = page.locator(".jp-OutputArea-output", has_text="event 'approved' arrived and is durable")
+        assert arrived.count() == 1
+        assert page.locator(".exoflow-events button.exoflow-event-button").count() == 0, "the button stays after"
+        dag = page.locator(".jupyter-widgets.exoflow-dag").last
+        header = dag.locator(".exoflow-progress").inner_text()
+        assert "SUCCESSFUL" in header, header
+        texts = dag.locator("svg text").all_text_contents()
+        assert "approve" in texts, texts
+        page.screenshot(path=str(ARTIFACTS / "event-clicked.png"))
