@@ -98,12 +98,27 @@ def kill_leftovers(info: OwnerInfo) -> int:
 
 
 def socket_path(root: Path) -> str:
-    """A short socket path (Unix sockets allow ~100 bytes) unique to this store."""
-    digest = abs(hash((str(root.resolve()), os.getpid()))) % 10**12
+    """A short socket path (Unix sockets allow ~100 bytes) unique to this store and process;
+    the pid in the name lets :func:`sweep_sockets` tell a dead owner's socket."""
+    digest = abs(hash(str(root.resolve()))) % 10**10
+    return os.path.join(_socket_folder(), f"exoflow-{os.getpid()}-{digest}.sock")
+
+
+def _socket_folder() -> str:
     folder = tempfile.gettempdir()
-    if len(folder) > 60:  # a long $TMPDIR would not leave room for the name
-        folder = "/tmp"
-    return os.path.join(folder, f"exoflow-{digest}.sock")
+    return "/tmp" if len(folder) > 60 else folder  # a long $TMPDIR would not leave room for the name
+
+
+def sweep_sockets() -> int:
+    """Remove the sockets of owners that died without closing (``kill -9``); return how many.
+    Their stores may never be opened again, so their successors cannot be the ones to do it."""
+    removed = 0
+    for path in Path(_socket_folder()).glob("exoflow-*-*.sock"):
+        pid = path.name.split("-")[1]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)) and path.lstat().st_uid == os.getuid():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def _send(sock: socket.socket, obj: Any) -> None:

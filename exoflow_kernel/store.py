@@ -154,6 +154,7 @@ class Store:
         if previous is not None and previous.pid != os.getpid() and not previous.alive():
             own.kill_leftovers(previous)
             Path(previous.socket).unlink(missing_ok=True)
+        own.sweep_sockets()
         path = own.socket_path(self.root)
         self.server = own.OwnerServer(path, self._serve)
         self.owner = own.me(path, self.role)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from exoflow_kernel.store import Store
 
@@ -66,6 +68,7 @@ def test_a_long_tmpdir_still_leaves_room_for_the_owner_socket(tmp_path):
 
 FIRST_COMMIT = """
 import sys
+from pathlib import Path
 from exoflow_kernel import commit
 from exoflow_kernel.store import Store
 store = Store(sys.argv[1])
@@ -83,3 +86,22 @@ def test_a_first_commit_of_many_rows_imports_neither_pandas_nor_pyarrow(tmp_path
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[(50, 50)] []", out.stdout
+
+
+def test_opening_a_store_sweeps_sockets_that_killed_owners_left(tmp_path):
+    """A kill -9'd owner cannot remove its socket, and its store may never be opened again."""
+    writer = subprocess.Popen([sys.executable, "-c", HOLD_AS_READER.replace('role="reader"', 'role="writer"'),
+                               str(tmp_path / "dead"), "60"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "owner"
+        dead_socket = Path(json.loads((tmp_path / "dead" / "owner.json").read_text())["socket"])
+        assert dead_socket.exists() and f"-{writer.pid}-" in dead_socket.name
+    finally:
+        writer.kill()
+        writer.wait()
+    live = Store(tmp_path / "other")  # another store: its opening sweeps the dead one's socket
+    try:
+        assert not dead_socket.exists()
+        assert Path(live.owner.socket).exists()
+    finally:
+        live.close()
