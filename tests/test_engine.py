@@ -293,6 +293,34 @@ def test_arguments_and_events_made_in_main_reach_a_fresh_process(tmp_path):
     assert again.returncode == 0 and "RESULT 2 42" in again.stdout, again.stderr[-2000:]
 
 
+def test_shutdown_leaves_a_running_workflow_and_a_joined_ray_alone(tmp_path, ray_address):
+    """What a kernel's shutdown calls (jupyter_ext): with a workflow still running it must
+    change nothing (the workflow stays resumable); once it is done it lets go of the store,
+    and a Ray we joined is not ours to stop (the one we start is: test_notebook_kernel)."""
+    from conftest import run_script
+
+    out = run_script("""
+        import ray
+        import exoflow_kernel as exo
+        from exoflow_kernel import api
+        @exo.task
+        def plus(a, b): return a + b
+        f = exo.run_async(plus.bind(1, exo.wait_for_event("go")), workflow_id="bg")
+        import time
+        while exo.status("bg") != "RUNNING": time.sleep(0.05)
+        api.shutdown()
+        print("RUNNING-AFTER", ray.is_initialized(), exo.status("bg"))
+        exo.send_event("bg", "go", 41)
+        print("RESULT", f.result())
+        api.shutdown()
+        print("DONE-AFTER", ray.is_initialized())
+    """, tmp_path / "store", env={"EXOFLOW_RAY_ADDRESS": ray_address})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "RUNNING-AFTER True RUNNING" in out.stdout and "RESULT 42" in out.stdout, out.stdout
+    assert "DONE-AFTER True" in out.stdout, out.stdout
+    assert not (tmp_path / "store" / "owner.json").exists()
+
+
 def test_a_deep_chain_is_stored_and_resumed(store):
     node = add.bind(0, 1)
     for _ in range(1500):  # deeper than Python's recursion limit if pickled as nested nodes
