@@ -395,8 +395,9 @@ def graph(workflow_id: str):
     """A graphviz.Digraph of the workflow, coloured by recovery state, with a legend."""
     store = _current_store()
     records = lineage(workflow_id)
-    edges = [(up, row[0]) for row in store.task_rows(workflow_id) for up in (row[5] or [])]
-    parents = [(row[6], row[0]) for row in store.task_rows(workflow_id) if row[6]]
+    rows = store.task_rows(workflow_id)
+    edges = [(up, row[0]) for row in rows for up in (row[5] or [])]
+    parents = [(row[6], row[0]) for row in rows if row[6]]
     return render(workflow_id, records, edges, parents)
 
 
