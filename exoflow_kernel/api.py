@@ -252,14 +252,22 @@ def _drive(coordinator, future: concurrent.futures.Future) -> None:
             status_ = "CANCELED" if coordinator.canceled else "FAILED"
             commit.finish_run(store, wf, status_, str(coordinator.error))
     except BaseException as exc:  # the loop itself broke: leave the workflow resumable
-        unregister(coordinator)
+        _retire(coordinator)
         future.set_exception(exc)
         return
-    unregister(coordinator)
+    _retire(coordinator)
     if coordinator.error is None:
         future.set_result(value)
     else:
         future.set_exception(coordinator.error)
+
+
+def _retire(coordinator) -> None:
+    """Unregister the run and drop its ObjectRefs *before* the caller wakes up: freed later,
+    by this thread, they could race a ``ray.shutdown()`` the caller makes next, and Ray
+    aborts a process that touches its core worker after shutdown (seen with 20k refs)."""
+    unregister(coordinator)
+    coordinator.release()
 
 
 def _check_id(workflow_id: Any) -> str:

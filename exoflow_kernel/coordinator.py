@@ -481,6 +481,12 @@ class Coordinator:
     def root_value(self) -> Any:
         return self._value(self.graph.root)
 
+    def release(self) -> None:
+        """Let go of every ObjectRef this run holds (the run is over)."""
+        for run in self.tasks.values():
+            run.value = None
+        self.pending.clear()
+
 
 def actor_id_of(error: Exception) -> str | None:
     """The hex id of the actor a RayActorError is about (its message has it when the

@@ -27,6 +27,11 @@ def add(a, b):
 
 
 @exo.task
+def sum_of(*xs):
+    return sum(xs)
+
+
+@exo.task
 def counted(counter_dir, name, value):
     tick(counter_dir, name)
     return value
@@ -319,6 +324,19 @@ def test_shutdown_leaves_a_running_workflow_and_a_joined_ray_alone(tmp_path, ray
     assert "RUNNING-AFTER True RUNNING" in out.stdout and "RESULT 42" in out.stdout, out.stdout
     assert "DONE-AFTER True" in out.stdout, out.stdout
     assert not (tmp_path / "store" / "owner.json").exists()
+
+
+def test_a_finished_run_holds_no_object_refs_when_its_caller_wakes(store):
+    """The coordinator drops its refs before exo.run returns. Freed afterwards, by its
+    thread, they raced a ray.shutdown() made next, and Ray aborted the process."""
+    import ray
+
+    counts = ray._private.worker.global_worker.core_worker.get_all_reference_counts
+    before = {ref for ref, c in counts().items() if c["local"]}
+    node = sum_of.bind(*[add.bind(i, 0) for i in range(300)])
+    assert exo.run(node, workflow_id="refs") == 44850
+    held = {ref for ref, c in counts().items() if c["local"]} - before
+    assert len(held) <= 1, f"{len(held)} ObjectRefs still held after exo.run returned"
 
 
 def test_a_deep_chain_is_stored_and_resumed(store):
