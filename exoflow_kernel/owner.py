@@ -109,16 +109,13 @@ def _socket_folder() -> str:
     return "/tmp" if len(folder) > 60 else folder  # a long $TMPDIR would not leave room for the name
 
 
-def sweep_sockets() -> int:
-    """Remove the sockets of owners that died without closing (``kill -9``); return how many.
-    Their stores may never be opened again, so their successors cannot be the ones to do it."""
-    removed = 0
+def sweep_sockets() -> None:
+    """Remove the sockets of owners that died without closing (``kill -9``): their stores
+    may never be opened again, so their successors cannot be the ones to do it."""
     for path in Path(_socket_folder()).glob("exoflow-*-*.sock"):
         pid = path.name.split("-")[1]
         if pid.isdigit() and not psutil.pid_exists(int(pid)) and path.lstat().st_uid == os.getuid():
             path.unlink(missing_ok=True)
-            removed += 1
-    return removed
 
 
 def _send(sock: socket.socket, obj: Any) -> None:

@@ -87,13 +87,13 @@ def counts_text(records: list) -> str:
 class DagView(W.VBox):
     """A workflow's graph coloured by state, with progress counts and elapsed time."""
 
-    def __init__(self, workflow_id: str, title: str = "workflow", load: bool = True) -> None:
-        """``load=False``: read the store on the first :meth:`refresh` (or :meth:`finish`),
-        not now: a cell that is over before the first poll then reads and draws once."""
+    def __init__(self, workflow_id: str, title: str = "workflow") -> None:
+        """The store is read on the first :meth:`refresh` (or :meth:`finish`), not here: a
+        cell that is over before the first poll then reads and draws once."""
         self.workflow_id = workflow_id
         self.title = title
         self.records: list = []
-        self.status = "not started" if load else "starting"
+        self.status = "starting"
         self.svg = ""  # the graphviz SVG document ("" until the workflow is in the store)
         self.started = time.monotonic()
         self.elapsed: float | None = None  # set when the run is over
@@ -103,10 +103,7 @@ class DagView(W.VBox):
         super().__init__([self._header, self._graph])
         self.add_class("exoflow-dag")
         self._graph.add_class("exoflow-dag-graph")
-        if load:
-            self.refresh()
-        else:
-            self._header.value = self.header_html()
+        self._header.value = self.header_html()
 
     # -- state ---------------------------------------------------------------------
 
@@ -207,7 +204,7 @@ class LineageTable(W.HTML):
 
 def show_graph(workflow_id: str, title: str = "workflow") -> None:
     """Display the graph as it is now (``%exoflow graph``)."""
-    view = DagView(workflow_id, title, load=False)
+    view = DagView(workflow_id, title)
     view.finish()
     _display(view)
 
@@ -226,7 +223,7 @@ def live(workflow_id: str, work: Callable[[], T], title: str = "workflow", event
     view while it runs (the caller checked :func:`can_wait_for_clicks`); when
     the run ends they are blanked too and one line says which events arrived.
     """
-    view = DagView(workflow_id, title, load=False)
+    view = DagView(workflow_id, title)
     if not has_kernel():  # terminal IPython: no widget, the final text
         try:
             return work()
