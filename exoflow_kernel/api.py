@@ -363,35 +363,13 @@ def _find_task(store: Store, workflow_id: str, task: str) -> str:
 def lineage(workflow_id: str) -> list[TaskRecord]:
     """One record per task: state (recovery-aware), attempts, timing, output size."""
     _check_id(workflow_id)
-    store = _current_store()
-    live_now = status(workflow_id) == "RUNNING"
-    labels = store.last_plan(workflow_id)
-    last_run = store.next_run(workflow_id) - 1
-    started = blobs.read_started(store.blobs, workflow_id)
-    records = []
-    for r in store.lineage(workflow_id):
-        runs = started.get(r[0], set())
-        running = live_now and last_run in runs and not (r[9] == last_run and r[2] != "failed")
-        state = display_state(r[2], r[9], labels.get(r[0]), last_run, running)
-        records.append(TaskRecord(r[0], r[1], state, max(len(runs), r[3]), *r[4:9]))
-    return records
+    return [TaskRecord(*r) for r in _current_store().lineage(workflow_id, status(workflow_id) == "RUNNING")]
 
 
-def display_state(log_state: str, run: int | None, label: str | None, last_run: int, running: bool) -> str:
-    """Map the stored log state and the last run's plan to a graph-legend state."""
-    if running:
-        return "running"
-    if label in (recovery.RECOVERED, recovery.SKIPPED):
-        return label
-    if log_state in ("committed", "continued", "done"):
-        if run == last_run and label in (recovery.REEXECUTED, recovery.AMBIGUOUS, recovery.STALE):
-            return label
-        return "committed"
-    if log_state == "failed":
-        return "failed"
-    if label in (recovery.AMBIGUOUS, recovery.STALE):
-        return label
-    return "pending"
+def state_counts(workflow_id: str) -> dict[str, int]:
+    """How many tasks are in each state of ``lineage`` (counted by the store, not here)."""
+    _check_id(workflow_id)
+    return _current_store().state_counts(workflow_id, status(workflow_id) == "RUNNING")
 
 
 def sql(query: str) -> list[tuple]:

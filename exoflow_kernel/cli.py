@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     out = sys.stdout
     try:
-        with _opened(args.store):
+        with _opened(args.store, "writer" if args.run is cmd_resume else "reader"):
             return args.run(args, out, Style(out)) or 0
     except ExoflowError as exc:
         out.flush()
@@ -100,14 +100,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 @contextmanager
-def _opened(store_arg: str | None) -> Iterator[Any]:
-    """Open the store for one command and let go of it after, so we own it no longer than needed."""
+def _opened(store_arg: str | None, role: str) -> Iterator[Any]:
+    """Open the store for one command and let go of it after, so we hold it no longer than needed."""
     root = api.store_path(store_arg)
     if not (root / "lineage.duckdb").is_file():
         # exo.init would create an empty store here; a typo in --store should say so instead.
         raise StoreError(str(root), "there is no ExoFlow store here (no lineage.duckdb)",
                          "Pass the right --store DIR or set $EXOFLOW_STORE.")
-    store = api.open_store(root, role="reader")
+    store = api.open_store(root, role=role)
     try:
         yield store
     finally:
@@ -150,11 +150,10 @@ def cmd_status(args: argparse.Namespace, out: TextIO, style: "Style") -> None:
 def _status(workflow_id: str) -> dict:
     store = api._current_store()
     error = store.workflow(workflow_id)[3]
-    records = api.lineage(workflow_id)
-    states = Counter(r.state for r in records)
+    states = api.state_counts(workflow_id)
     return {
         "workflow_id": workflow_id, "status": api.status(workflow_id), "error": error,
-        "tasks": len(records), "states": {s: states[s] for s in LEGEND if states[s]},
+        "tasks": sum(states.values()), "states": {s: states[s] for s in LEGEND if s in states},
         "store": str(store.root),
     }
 
@@ -230,14 +229,14 @@ def _resume_into(workflow_id: str, outcome: dict) -> None:
 
 
 def _done_total(workflow_id: str) -> tuple[int, int]:
-    records = api.lineage(workflow_id)
-    return sum(r.state in DONE_STATES for r in records), len(records)
+    counts = api.state_counts(workflow_id)
+    return sum(n for s, n in counts.items() if s in DONE_STATES), sum(counts.values())
 
 
 def _print_summary(workflow_id: str, value: Any, out: TextIO, style: "Style") -> None:
-    counts = Counter(r.state for r in api.lineage(workflow_id))
+    counts = api.state_counts(workflow_id)
     status = api.status(workflow_id)
-    what = ", ".join(f"{counts[s]} {style.paint(s, s)}" for s in LEGEND if counts[s])
+    what = ", ".join(f"{counts[s]} {style.paint(s, s)}" for s in LEGEND if s in counts)
     print(f"workflow {workflow_id}: {style.paint(status, STATUS_STATE.get(status))} ({what})", file=out)
     text = repr(value)
     print(f"result: {text if len(text) <= 200 else text[:197] + '...'}", file=out)

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import duckdb
 
+from . import blobs
 from . import owner as own
 from .errors import QueryError, StoreError, WorkflowLiveError, WorkflowNotFoundError
 
@@ -62,6 +63,52 @@ with latest as (
   from exoflow.task_log where workflow_id = $wf group by task_id)
 """
 
+# Each task's graph-legend state, from its latest log row, the last run's plan labels
+# (recovery.py names them) and, while the workflow runs, the workers' start log.
+STATE = """case
+  when $live and coalesce(st.in_last, false)
+       and not coalesce(l.run = (select run from last) and l.state <> 'failed', false) then 'running'
+  when b.label in ('recovered', 'skipped') then b.label
+  when l.state in ('committed', 'continued', 'done') then
+    case when l.run = (select run from last) and b.label in ('re-executed', 'ambiguous', 'stale')
+         then b.label else 'committed' end
+  when l.state = 'failed' then 'failed'
+  when b.label in ('ambiguous', 'stale') then b.label
+  else 'pending'
+end"""
+# What ``lineage`` adds per task to what the state needs (``state_counts`` skips it).
+DETAIL = """, count(distinct run) as dispatched,
+  least(min(seq) filter (where state = 'running'), max(started)) as started,
+  max(seq) filter (where state in ('committed', 'continued', 'done', 'failed')) as ended,
+  arg_max(size, seq) filter (where state in ('committed', 'continued')) as size"""
+# The start log (``task\trun`` lines) as a table; a torn last line is skipped.
+STARTED = """select task_id, run from read_csv($log, delim = '\t', header = false, auto_detect = false,
+  columns = {'task_id': 'varchar', 'run': 'integer'}, ignore_errors = true) where run is not null"""
+NO_STARTED = "select null::varchar as task_id, null::integer as run where false"
+
+
+def states_query(started: str, detail: bool) -> str:
+    """``with ... states as (pos, task_id, name, checkpoint, effect, state[, detail])``."""
+    return f"""
+with last as (select coalesce(max(run), 0) as run from exoflow.runs where workflow_id = $wf)
+, latest as (
+  select task_id, arg_max(state, seq) as state, arg_max(run, seq) as run{DETAIL if detail else ""}
+  from exoflow.task_log where workflow_id = $wf group by task_id)
+, labels as (
+  select key as task_id, value ->> '$' as label from json_each(coalesce(
+    (select plan from exoflow.runs where workflow_id = $wf order by run desc limit 1), '{{}}')))
+, started as (
+  select task_id, count(distinct run) as runs, bool_or(run = (select run from last)) as in_last
+  from ({started}) group by task_id)
+, states as (
+  select t.rowid as pos, t.task_id, t.name, t.checkpoint, t.effect, {STATE} as state
+         {", greatest(coalesce(st.runs, 0), coalesce(l.dispatched, 0)) as attempts, l.started, l.ended, l.size"
+          if detail else ""}
+  from exoflow.tasks t left join latest l using (task_id) left join labels b using (task_id)
+       left join started st using (task_id)
+  where t.workflow_id = $wf)
+"""
+
 
 @dataclass
 class Checkpoint:
@@ -89,7 +136,13 @@ class Clock:
 
 
 class Store:
-    """One store directory. ``mode`` is "owner" (we hold DuckDB) or "remote"."""
+    """One store directory. ``mode`` is "owner" (we hold DuckDB) or "remote" (another
+    process does, and answers our queries over its socket).
+
+    ``role`` "writer" (notebooks, scripts, ``exoflow resume``) owns the store and serves
+    others; "reader" (the other CLI commands) holds the file read-only for a moment, so
+    writers and other readers wait for it rather than go remote.
+    """
 
     def __init__(self, root: str | os.PathLike, role: str = "writer") -> None:
         self.role = role
@@ -121,20 +174,23 @@ class Store:
     def _open(self) -> None:
         deadline = time.monotonic() + READER_GRACE
         while (con := self._connect()) is None:
-            if self.role == "reader" or self.owner.role != "reader" or time.monotonic() > deadline:
+            if self.owner.role != "reader" or time.monotonic() > deadline:
                 self.mode = "remote"
                 return
-            time.sleep(0.05)  # a CLI reader holds the file for a moment: a writer waits its turn
+            time.sleep(0.05)  # a CLI reader holds the file for a moment: wait our turn
         self.con, self.mode = con, "owner"
-        self.con.execute(SCHEMA)
-        self._take_ownership()
+        if self.role == "reader":
+            self._hold_for_reading()
+        else:
+            self.con.execute(SCHEMA)
+            self._take_ownership()
         atexit.register(self._close_at_exit)
 
     def _connect(self) -> duckdb.DuckDBPyConnection | None:
         """Open the DuckDB file, or return None if a live owner holds it."""
         path = self.root / "lineage.duckdb"
         try:
-            return duckdb.connect(str(path))
+            return duckdb.connect(str(path), read_only=self.role == "reader")
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower():
                 if "not a valid duckdb" in str(exc).lower():
@@ -149,16 +205,28 @@ class Store:
         except duckdb.Error as exc:
             raise StoreError(str(self.root), f"{path.name} is not a readable DuckDB file ({exc})") from exc
 
-    def _take_ownership(self) -> None:
+    def _bury_dead_owner(self) -> None:
+        """A dead owner's Ray leftovers and socket go before we write our owner.json over its."""
         previous = own.read_owner(self.root)
         if previous is not None and previous.pid != os.getpid() and not previous.alive():
             own.kill_leftovers(previous)
-            Path(previous.socket).unlink(missing_ok=True)
+            if previous.socket:
+                Path(previous.socket).unlink(missing_ok=True)
+
+    def _take_ownership(self) -> None:
+        self._bury_dead_owner()
         own.sweep_sockets()
         path = own.socket_path(self.root)
         self.server = own.OwnerServer(path, self._serve)
         self.owner = own.me(path, self.role)
         self.refresh_leftovers()
+
+    def _hold_for_reading(self) -> None:
+        """A reader holds the file read-only for a moment and serves nobody: its
+        owner.json (no socket) tells a writer, or another reader, to wait its turn."""
+        self._bury_dead_owner()
+        self.owner = own.me("", self.role)
+        own.write_owner(self.root, self.owner)
 
     def refresh_leftovers(self) -> None:
         """Record our Ray child processes, so a successor can clean them up."""
@@ -315,22 +383,29 @@ class Store:
         rows = self.query("select coalesce(max(run), 0) from exoflow.runs where workflow_id = ?", [workflow_id])
         return rows[0][0] + 1
 
-    def lineage(self, workflow_id: str) -> list[tuple]:
-        """One row per task: task_id, name, state, attempts, checkpoint, effect,
-        started_at, finished_at, output_bytes, run of the latest state."""
-        self.workflow(workflow_id)
-        return self.query(
-            LATEST
-            + """, sizes as (
-              select task_id, arg_max(size, seq) as size from exoflow.task_log
-              where workflow_id = $wf and state in ('committed', 'continued') group by task_id)
-            select t.task_id, t.name, coalesce(l.state, 'pending'), coalesce(l.dispatched, 0),
-                   t.checkpoint, t.effect,
-                   make_timestamp(l.started), make_timestamp(l.ended), s.size, l.run
-            from exoflow.tasks t left join latest l using (task_id) left join sizes s using (task_id)
-            where t.workflow_id = $wf order by t.rowid""",
-            {"wf": workflow_id},
-        )
+    def lineage(self, workflow_id: str, live: bool) -> list[tuple]:
+        """One row per task, in definition order: the fields of ``api.TaskRecord``.
+
+        ``live``: the workflow runs now, so a task started in this run and not yet
+        logged in it shows as ``running``."""
+        return self._states(workflow_id, live, True, """
+            select task_id, name, state, attempts, checkpoint, effect,
+                   make_timestamp(started), make_timestamp(ended), size
+            from states order by pos""")
+
+    def state_counts(self, workflow_id: str, live: bool) -> dict[str, int]:
+        """Graph-legend state -> number of tasks: ``lineage`` counted in the query (and
+        nothing else worked out), so ``exoflow status`` stays fast at 100k tasks."""
+        return dict(self._states(workflow_id, live, False, "select state, count(*) from states group by state"))
+
+    def _states(self, workflow_id: str, live: bool, detail: bool, select: str) -> list[tuple]:
+        self.workflow(workflow_id)  # WorkflowNotFoundError before any query
+        params: dict[str, Any] = {"wf": workflow_id, "live": live}
+        log = blobs.started_log(self.blobs, workflow_id)
+        started = NO_STARTED
+        if (live or detail) and log.exists():  # attempts and "running" need it; counts of a stopped run do not
+            started, params["log"] = STARTED, str(log)
+        return self.query(states_query(started, detail) + select, params)
 
     # -- events ------------------------------------------------------------------------
 
