@@ -2,22 +2,21 @@
 hands over to the store, the planner and the coordinator.
 
 Ray (and the coordinator and executor, which need it) is imported only when a
-workflow runs: looking at a store (``status``, ``lineage``, the CLI) costs a
-DuckDB query, not Ray's multi-second import."""
+workflow runs, and cloudpickle and concurrent.futures only where they are needed:
+looking at a store (``status``, ``lineage``, the CLI) costs a DuckDB query, not
+Ray's multi-second import."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
+import pickle
 import re
 import shutil
 import sys
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple
-
-import cloudpickle
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple
 
 from . import blobs, commit, recovery
 from . import context as _context
@@ -31,6 +30,9 @@ from .errors import (
 )
 from .running import live, live_workflows, notify_event, register, unregister
 from .store import Store
+
+if TYPE_CHECKING:
+    import concurrent.futures
 
 _ID = re.compile(r"^[A-Za-z0-9_.:@+=-]{1,200}$")
 _lock = threading.RLock()
@@ -188,14 +190,14 @@ def run_async(node: Node, workflow_id: str | None = None, *,
 
 def _pickle_graph(workflow_id: str, graph: Graph) -> bytes:
     try:
-        return cloudpickle.dumps(flatten(graph))
+        return blobs.dumps(flatten(graph))[0]
     except Exception as exc:
         raise UnpicklableWorkflowError(workflow_id, f"{type(exc).__name__}: {exc}") from None
 
 
 def stored_graph(workflow_id: str):
     """The graph a workflow was last run with, as ``resume`` rebuilds it (for tools)."""
-    return build_graph(unflatten(cloudpickle.loads(_current_store().workflow(_check_id(workflow_id))[2])))
+    return build_graph(unflatten(pickle.loads(_current_store().workflow(_check_id(workflow_id))[2])))
 
 
 def resume(workflow_id: str) -> Any:
@@ -212,7 +214,7 @@ def resume(workflow_id: str) -> Any:
 def _continue(store: Store, workflow_id: str, graph) -> concurrent.futures.Future:
     _check_not_live(store, workflow_id)
     if store.workflow(workflow_id)[0] == "SUCCESSFUL":
-        future: concurrent.futures.Future = concurrent.futures.Future()
+        future = _future()
         future.set_result(output(workflow_id))
         return future
     return _start(store, workflow_id, graph)
@@ -234,9 +236,15 @@ def _start(store: Store, workflow_id: str, graph, new: tuple | None = None,
 
     coordinator = Coordinator(store, workflow_id, graph, run_no, snap, plan)
     register(coordinator)
-    future: concurrent.futures.Future = concurrent.futures.Future()
+    future = _future()
     threading.Thread(target=_drive, args=(coordinator, future), name=f"exoflow-{workflow_id}", daemon=True).start()
     return future
+
+
+def _future() -> concurrent.futures.Future:
+    import concurrent.futures  # not at the top: only running a workflow needs it
+
+    return concurrent.futures.Future()
 
 
 def _drive(coordinator, future: concurrent.futures.Future) -> None:
@@ -418,7 +426,7 @@ def send_event(workflow_id: str, name: str, payload: Any = None) -> bool:
     _check_id(workflow_id)
     EventNode(name)  # validates the name
     try:
-        data = cloudpickle.dumps(payload)
+        data = blobs.dumps(payload)[0]
     except Exception as exc:
         raise EventError(workflow_id, name, f"the payload does not pickle ({type(exc).__name__}: {exc})") from None
     return _current_store().send_event(workflow_id, name, data)

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote
 
-import cloudpickle
 
 MAGIC = b"EXOBLOB1"
 _CHUNK = 1 << 20       # write + crc32 per chunk: the crc reads the chunk back from the CPU cache
@@ -49,6 +48,8 @@ def dumps(value: Any, out_of_band: bool = False) -> tuple[bytes, list[pickle.Pic
     except (pickle.PicklingError, AttributeError, TypeError):
         pass
     buffers = []
+    import cloudpickle  # ~10 ms: only a process that writes values pays it
+
     return cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append if out_of_band else None), buffers
 
 

@@ -68,6 +68,13 @@ def write_owner(root: Path, info: OwnerInfo) -> None:
     os.replace(tmp, root / "owner.json")
 
 
+def remove_owner(root: Path, pid: int) -> None:
+    """Delete owner.json if it names ``pid`` (a reader sharing the file leaves another's)."""
+    info = read_owner(root)
+    if info is not None and info.pid == pid:
+        (root / "owner.json").unlink(missing_ok=True)
+
+
 def me(sock_path: str, role: str) -> OwnerInfo:
     proc = psutil.Process()
     return OwnerInfo(os.getpid(), proc.create_time(), socket.gethostname(), sock_path, role)
@@ -170,7 +177,12 @@ class OwnerServer:
 
 
 class OwnerUnreachable(Exception):
-    """The owner is alive but did not answer on its socket."""
+    """The owner did not answer on its socket: it is stuck (``timed_out``), or it is
+    going away (its socket refused, vanished or closed mid-call)."""
+
+    def __init__(self, message: str, timed_out: bool) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 def call(path: str, op: str, *args: Any, timeout: float = 30.0) -> Any:
@@ -182,7 +194,7 @@ def call(path: str, op: str, *args: Any, timeout: float = 30.0) -> Any:
             _send(sock, (op, args))
             ok, value = _recv(sock)
     except (OSError, ConnectionError) as exc:
-        raise OwnerUnreachable(f"{type(exc).__name__}: {exc}") from None
+        raise OwnerUnreachable(f"{type(exc).__name__}: {exc}", isinstance(exc, TimeoutError)) from None
     if not ok:
         raise value
     return value

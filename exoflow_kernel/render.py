@@ -5,9 +5,10 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-import graphviz
+if TYPE_CHECKING:
+    import graphviz
 
 # state -> (fill colour, meaning). The widget and the CLI use the same table.
 LEGEND: dict[str, tuple[str, str]] = {
@@ -25,6 +26,7 @@ LEGEND: dict[str, tuple[str, str]] = {
 
 def render(workflow_id: str, records: Iterable, edges: Iterable[tuple[str, str]],
            parents: Iterable[tuple[str, str]] = ()) -> graphviz.Digraph:
+    import graphviz  # here, not at the top: `exoflow status` has no picture to draw
     dot = graphviz.Digraph(name=workflow_id, graph_attr={"rankdir": "LR", "label": workflow_id, "labelloc": "t", "fontname": "Helvetica"},
                            node_attr={"shape": "box", "style": "rounded,filled", "fontname": "Helvetica"})
     for rec in records:
@@ -44,6 +46,8 @@ def _edge(dot: graphviz.Digraph, src: str, dst: str, **attrs: str) -> None:
     if ":" not in src and ":" not in dst:
         dot.edge(src, dst, **attrs)
         return
+    import graphviz
+
     quote, extra = graphviz.quoting.quote, graphviz.quoting.a_list(attributes=attrs)
     dot.body.append(f"\t{quote(src)} -> {quote(dst)}{f' [{extra}]' if extra else ''}\n")
 

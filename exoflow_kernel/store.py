@@ -174,10 +174,12 @@ class Store:
     def _open(self) -> None:
         deadline = time.monotonic() + READER_GRACE
         while (con := self._connect()) is None:
-            if self.owner.role != "reader" or time.monotonic() > deadline:
-                self.mode = "remote"
+            if self.owner is not None and self.owner.role != "reader" and self.owner.alive():
+                self.mode = "remote"  # a writer owns it: ask it over its socket
                 return
-            time.sleep(0.05)  # a CLI reader holds the file for a moment: wait our turn
+            if time.monotonic() > deadline:
+                self._refuse_locked()
+            time.sleep(0.05)  # a CLI reader holds it for a moment, or an owner is opening: wait
         self.con, self.mode = con, "owner"
         if self.role == "reader":
             self._hold_for_reading()
@@ -185,6 +187,11 @@ class Store:
             self.con.execute(SCHEMA)
             self._take_ownership()
         atexit.register(self._close_at_exit)
+
+    def _refuse_locked(self) -> None:
+        who = f"a reader ({self.owner.describe()})" if self.owner and self.owner.alive() else "a process that is not ExoFlow's"
+        raise StoreError(str(self.root), f"lineage.duckdb stayed locked by {who} for {READER_GRACE:g} s",
+                         "Close whatever holds the file (a DuckDB shell?) and try again.")
 
     def _connect(self) -> duckdb.DuckDBPyConnection | None:
         """Open the DuckDB file, or return None if a live owner holds it."""
@@ -199,8 +206,6 @@ class Store:
                                      "directory with exo.init(store=...).") from exc
                 raise StoreError(str(self.root), f"DuckDB cannot open {path.name}: {exc}") from exc
             self.owner = own.read_owner(self.root)
-            if self.owner is None or not self.owner.alive():
-                raise StoreError(str(self.root), f"{path.name} is locked by another process: {exc}") from exc
             return None
         except duckdb.Error as exc:
             raise StoreError(str(self.root), f"{path.name} is not a readable DuckDB file ({exc})") from exc
@@ -223,10 +228,13 @@ class Store:
 
     def _hold_for_reading(self) -> None:
         """A reader holds the file read-only for a moment and serves nobody: its
-        owner.json (no socket) tells a writer, or another reader, to wait its turn."""
+        owner.json (no socket) tells a writer to wait its turn. Readers share the file
+        (DuckDB allows many read-only opens), so a second one leaves the first's record."""
         self._bury_dead_owner()
+        current = own.read_owner(self.root)
         self.owner = own.me("", self.role)
-        own.write_owner(self.root, self.owner)
+        if current is None or not current.alive():
+            own.write_owner(self.root, self.owner)
 
     def refresh_leftovers(self) -> None:
         """Record our Ray child processes, so a successor can clean them up."""
@@ -248,10 +256,7 @@ class Store:
         if self.con is not None:
             self.con.close()
             self.con = None
-            try:
-                (self.root / "owner.json").unlink()
-            except FileNotFoundError:
-                pass
+            own.remove_owner(self.root, os.getpid())
 
     def query_live(self) -> list[str]:
         """Workflows the owner process is running right now."""
@@ -266,11 +271,20 @@ class Store:
     # -- queries ----------------------------------------------------------------
 
     def _call(self, op: str, *args: Any) -> Any:
-        try:
-            return own.call(self.owner.socket, op, *args)
-        except own.OwnerUnreachable as exc:
-            raise StoreError(str(self.root), f"its owner ({self.owner.describe()}) did not answer ({exc})",
-                             "If that process is stuck, stop it and try again.") from None
+        """``op`` at the owner; if the owner goes away meanwhile (a notebook that exits
+        while the CLI asks), open the store again and answer here, or ask its successor."""
+        deadline = time.monotonic() + READER_GRACE
+        while True:
+            try:
+                return own.call(self.owner.socket, op, *args)
+            except own.OwnerUnreachable as exc:
+                if exc.timed_out or time.monotonic() > deadline:
+                    raise StoreError(str(self.root), f"its owner ({self.owner.describe()}) did not answer ({exc})",
+                                     "If that process is stuck, stop it and try again.") from None
+            time.sleep(0.05)
+            self._open()
+            if self.mode == "owner":
+                return self._serve(op, *args)
 
     def query(self, sql: str, params: Sequence | dict | None = None) -> list[tuple]:
         """A read query, here or at the owner."""

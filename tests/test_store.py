@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from exoflow_kernel.errors import StoreError
 from exoflow_kernel.store import Store
 
 HOLD_AS_READER = """
@@ -31,6 +34,77 @@ def test_a_writer_waits_for_a_short_lived_reader(tmp_path):
         assert reader.wait(timeout=30) == 0
     finally:
         store.close()
+
+
+def _store_with_one_workflow(root: Path) -> None:
+    store = Store(root)
+    with store.transaction() as cur:
+        cur.execute("insert into exoflow.workflows values ('w', 'SUCCESSFUL', 'r', null, null, now(), now())")
+    store.close()
+
+
+def test_readers_share_the_file_and_leave_each_others_record(tmp_path):
+    """DuckDB lets many processes open a file read-only: a second reader reads alongside
+    the first, and does not delete the owner.json that makes writers wait for the first."""
+    root = tmp_path / "store"
+    _store_with_one_workflow(root)
+    first = subprocess.Popen([sys.executable, "-c", HOLD_AS_READER, str(root), "3"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "owner"
+        second = Store(root, role="reader")
+        assert (second.mode, second.list_workflows()) == ("owner", [("w", "SUCCESSFUL")])
+        second.close()
+        assert json.loads((root / "owner.json").read_text())["pid"] == first.pid
+    finally:
+        assert first.wait(timeout=30) == 0
+    assert not (root / "owner.json").exists()
+
+
+def test_a_file_locked_by_a_foreign_process_is_a_clear_error(tmp_path, monkeypatch):
+    """Someone's DuckDB shell holds lineage.duckdb: we wait a moment (it could be an owner
+    opening), then say who holds it and what to do; the store is intact afterwards."""
+    import exoflow_kernel.store as store_module
+
+    root = tmp_path / "store"
+    _store_with_one_workflow(root)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time, duckdb; con = duckdb.connect(sys.argv[1]); print('held', flush=True); time.sleep(60)"),
+        str(root / "lineage.duckdb")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(store_module, "READER_GRACE", 0.5)
+        with pytest.raises(StoreError) as err:
+            Store(root, role="reader")
+        assert "stayed locked by a process that is not ExoFlow's" in str(err.value)
+        assert "Close whatever holds the file" in str(err.value)
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    store = Store(root)
+    try:
+        assert store.list_workflows() == [("w", "SUCCESSFUL")]
+    finally:
+        store.close()
+
+
+def test_a_reader_whose_owner_exits_answers_by_itself(tmp_path):
+    """The CLI asked the notebook's process; the notebook exits before the next question:
+    the reader opens the store itself and answers, instead of failing on a dead socket."""
+    root = tmp_path / "store"
+    _store_with_one_workflow(root)
+    writer = subprocess.Popen([sys.executable, "-c", HOLD_AS_READER.replace('role="reader"', 'role="writer"'),
+                               str(root), "2"], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "owner"
+    reader = Store(root, role="reader")
+    try:
+        assert reader.mode == "remote"
+        assert reader.list_workflows() == [("w", "SUCCESSFUL")]  # asked the writer
+        assert writer.wait(timeout=30) == 0
+        assert reader.list_workflows() == [("w", "SUCCESSFUL")]  # its socket is gone: read the file
+        assert reader.mode == "owner"
+    finally:
+        reader.close()
+    assert not (root / "owner.json").exists()
 
 
 def test_a_reader_does_not_wait_for_a_writer(tmp_path):
