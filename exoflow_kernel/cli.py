@@ -149,10 +149,12 @@ def cmd_status(args: argparse.Namespace, out: TextIO, style: "Style") -> None:
 
 def _status(workflow_id: str) -> dict:
     store = api._current_store()
-    error = store.workflow(workflow_id)[3]
-    states = api.state_counts(workflow_id)
+    api._check_id(workflow_id)
+    stored, _, _, error = store.workflow(workflow_id)
+    status = api._effective_status(store, workflow_id, stored)
+    states = store.state_counts(workflow_id, status == "RUNNING")  # one query, not a row per task
     return {
-        "workflow_id": workflow_id, "status": api.status(workflow_id), "error": error,
+        "workflow_id": workflow_id, "status": status, "error": error,
         "tasks": sum(states.values()), "states": {s: states[s] for s in LEGEND if s in states},
         "store": str(store.root),
     }
