@@ -13,7 +13,6 @@ A process that cannot open the file because a live owner holds it gets a
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import threading
 import time
@@ -202,7 +201,7 @@ class Store:
             if "lock" not in str(exc).lower():
                 if "not a valid duckdb" in str(exc).lower():
                     raise StoreError(str(self.root), f"{path.name} is not a DuckDB file ({exc})",
-                                     f"Move it away (or restore the store from a backup), or pick another "
+                                     "Move it away (or restore the store from a backup), or pick another "
                                      "directory with exo.init(store=...).") from exc
                 raise StoreError(str(self.root), f"DuckDB cannot open {path.name}: {exc}") from exc
             self.owner = own.read_owner(self.root)
@@ -386,12 +385,6 @@ class Store:
             [workflow_id],
         )
         return {r[0] for r in rows}
-
-    def last_plan(self, workflow_id: str) -> dict[str, str]:
-        rows = self.query(
-            "select plan from exoflow.runs where workflow_id = ? order by run desc limit 1", [workflow_id]
-        )
-        return json.loads(rows[0][0]) if rows and rows[0][0] else {}
 
     def next_run(self, workflow_id: str) -> int:
         rows = self.query("select coalesce(max(run), 0) from exoflow.runs where workflow_id = ?", [workflow_id])
