@@ -387,9 +387,13 @@ def sql(query: str) -> list[tuple]:
 
 def graph(workflow_id: str):
     """A graphviz.Digraph of the workflow, coloured by recovery state, with a legend."""
-    store = _current_store()
-    records = lineage(workflow_id)
-    rows = store.task_rows(workflow_id)
+    return graph_of(workflow_id, lineage(workflow_id))
+
+
+def graph_of(workflow_id: str, records: list[TaskRecord]):
+    """``graph`` drawn from lineage records the caller already holds (a view showing both
+    reads the lineage once)."""
+    rows = _current_store().task_rows(workflow_id)
     edges = [(up, row[0]) for row in rows for up in (row[5] or [])]
     parents = [(row[6], row[0]) for row in rows if row[6]]
     return render(workflow_id, records, edges, parents)

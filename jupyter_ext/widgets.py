@@ -40,6 +40,7 @@ from typing import Any, Callable, TypeVar
 import ipywidgets as W
 
 import exoflow_kernel as exo
+from exoflow_kernel.api import graph_of
 from exoflow_kernel.render import LEGEND
 
 from . import views
@@ -117,7 +118,7 @@ class DagView(W.VBox):
         drawn = tuple((r.task_id, r.state) for r in self.records)
         if drawn != self._drawn and self.records:
             try:
-                self.svg = exo.graph(self.workflow_id).pipe(format="svg").decode()
+                self.svg = graph_of(self.workflow_id, self.records).pipe(format="svg").decode()
             except Exception:  # no `dot`: the counts and the text table still tell it
                 self.svg = ""
             self._drawn = drawn
