@@ -139,8 +139,8 @@ class Store:
     process does, and answers our queries over its socket).
 
     ``role`` "writer" (notebooks, scripts, ``exoflow resume``) owns the store and serves
-    others; "reader" (the other CLI commands) holds the file read-only for a moment, so
-    writers and other readers wait for it rather than go remote.
+    others; "reader" (the other CLI commands) holds the file read-only for a moment:
+    writers wait for it rather than go remote, other readers share the file with it.
     """
 
     def __init__(self, root: str | os.PathLike, role: str = "writer") -> None:
@@ -193,7 +193,8 @@ class Store:
                          "Close whatever holds the file (a DuckDB shell?) and try again.")
 
     def _connect(self) -> duckdb.DuckDBPyConnection | None:
-        """Open the DuckDB file, or return None if a live owner holds it."""
+        """Open the DuckDB file, or return None if it is locked (``self.owner`` then says
+        by whom, when an ExoFlow process has written owner.json)."""
         path = self.root / "lineage.duckdb"
         try:
             return duckdb.connect(str(path), read_only=self.role == "reader")
