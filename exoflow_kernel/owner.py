@@ -47,8 +47,11 @@ class OwnerInfo:
 
 
 def _same_process(pid: int, create_time: float) -> bool:
+    """``pid`` still runs the process born at ``create_time``. A zombie does not: a
+    kill -9'd driver whose parent has not reaped it yet is dead, and must be taken over."""
     try:
-        return abs(psutil.Process(pid).create_time() - create_time) < 0.01
+        proc = psutil.Process(pid)
+        return abs(proc.create_time() - create_time) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 

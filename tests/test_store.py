@@ -6,8 +6,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from exoflow_kernel.errors import StoreError
@@ -104,6 +106,33 @@ def test_a_reader_whose_owner_exits_answers_by_itself(tmp_path):
         assert reader.mode == "owner"
     finally:
         reader.close()
+    assert not (root / "owner.json").exists()
+
+
+def test_a_killed_owner_not_yet_reaped_is_dead(tmp_path):
+    """kill -9 leaves a zombie until its parent waits for it (here: this test, on purpose
+    not yet): its pid still answers, but the store must treat it as dead, take it over and
+    remove its record, or its Ray leftovers are never killed."""
+    root = tmp_path / "store"
+    _store_with_one_workflow(root)
+    writer = subprocess.Popen([sys.executable, "-c", HOLD_AS_READER.replace('role="reader"', 'role="writer"'),
+                               str(root), "60"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "owner"
+        dead = json.loads((root / "owner.json").read_text())
+        os.kill(writer.pid, 9)
+        while psutil.Process(writer.pid).status() != psutil.STATUS_ZOMBIE:
+            time.sleep(0.05)
+        reader = Store(root, role="reader")
+        try:
+            assert reader.mode == "owner"  # not "remote" to a socket nobody serves
+            assert json.loads((root / "owner.json").read_text())["pid"] == os.getpid()
+            assert reader.list_workflows() == [("w", "SUCCESSFUL")]
+        finally:
+            reader.close()
+        assert not Path(dead["socket"]).exists()  # the dead owner's socket went with it
+    finally:
+        writer.wait(timeout=30)
     assert not (root / "owner.json").exists()
 
 
