@@ -210,13 +210,18 @@ class Store:
         except duckdb.Error as exc:
             raise StoreError(str(self.root), f"{path.name} is not a readable DuckDB file ({exc})") from exc
 
-    def _bury_dead_owner(self) -> None:
-        """A dead owner's Ray leftovers and socket go before we write our owner.json over its."""
+    def _bury_dead_owner(self) -> own.OwnerInfo | None:
+        """A dead owner's Ray leftovers and socket go before we write our owner.json over
+        its; return the recorded owner if it is another live process (a reader sharing the file)."""
         previous = own.read_owner(self.root)
-        if previous is not None and previous.pid != os.getpid() and not previous.alive():
-            own.kill_leftovers(previous)
-            if previous.socket:
-                Path(previous.socket).unlink(missing_ok=True)
+        if previous is None or previous.pid == os.getpid():
+            return None
+        if previous.alive():
+            return previous
+        own.kill_leftovers(previous)
+        if previous.socket:
+            Path(previous.socket).unlink(missing_ok=True)
+        return None
 
     def _take_ownership(self) -> None:
         self._bury_dead_owner()
@@ -230,10 +235,8 @@ class Store:
         """A reader holds the file read-only for a moment and serves nobody: its
         owner.json (no socket) tells a writer to wait its turn. Readers share the file
         (DuckDB allows many read-only opens), so a second one leaves the first's record."""
-        self._bury_dead_owner()
-        current = own.read_owner(self.root)
         self.owner = own.me("", self.role)
-        if current is None or not current.alive():
+        if self._bury_dead_owner() is None:
             own.write_owner(self.root, self.owner)
 
     def refresh_leftovers(self) -> None:

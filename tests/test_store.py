@@ -23,6 +23,7 @@ print(s.mode, flush=True)
 time.sleep(float(sys.argv[2]))
 s.close()
 """
+HOLD_AS_WRITER = HOLD_AS_READER.replace('role="reader"', 'role="writer"')
 
 
 def test_a_writer_waits_for_a_short_lived_reader(tmp_path):
@@ -94,7 +95,7 @@ def test_a_reader_whose_owner_exits_answers_by_itself(tmp_path):
     the reader opens the store itself and answers, instead of failing on a dead socket."""
     root = tmp_path / "store"
     _store_with_one_workflow(root)
-    writer = subprocess.Popen([sys.executable, "-c", HOLD_AS_READER.replace('role="reader"', 'role="writer"'),
+    writer = subprocess.Popen([sys.executable, "-c", HOLD_AS_WRITER,
                                str(root), "2"], stdout=subprocess.PIPE, text=True)
     assert writer.stdout.readline().strip() == "owner"
     reader = Store(root, role="reader")
@@ -115,7 +116,7 @@ def test_a_killed_owner_not_yet_reaped_is_dead(tmp_path):
     remove its record, or its Ray leftovers are never killed."""
     root = tmp_path / "store"
     _store_with_one_workflow(root)
-    writer = subprocess.Popen([sys.executable, "-c", HOLD_AS_READER.replace('role="reader"', 'role="writer"'),
+    writer = subprocess.Popen([sys.executable, "-c", HOLD_AS_WRITER,
                                str(root), "60"], stdout=subprocess.PIPE, text=True)
     try:
         assert writer.stdout.readline().strip() == "owner"
@@ -155,7 +156,7 @@ def test_a_long_tmpdir_still_leaves_room_for_the_owner_socket(tmp_path):
     long_tmp = tmp_path / ("t" * 100)
     long_tmp.mkdir()
     root = tmp_path / "store"
-    writer = subprocess.Popen([sys.executable, "-c", HOLD_AS_READER.replace('role="reader"', 'role="writer"'),
+    writer = subprocess.Popen([sys.executable, "-c", HOLD_AS_WRITER,
                                str(root), "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "TMPDIR": str(long_tmp)})
     try:
@@ -193,7 +194,7 @@ def test_a_first_commit_of_many_rows_imports_neither_pandas_nor_pyarrow(tmp_path
 
 def test_opening_a_store_sweeps_sockets_that_killed_owners_left(tmp_path):
     """A kill -9'd owner cannot remove its socket, and its store may never be opened again."""
-    writer = subprocess.Popen([sys.executable, "-c", HOLD_AS_READER.replace('role="reader"', 'role="writer"'),
+    writer = subprocess.Popen([sys.executable, "-c", HOLD_AS_WRITER,
                                str(tmp_path / "dead"), "60"], stdout=subprocess.PIPE, text=True)
     try:
         assert writer.stdout.readline().strip() == "owner"
