@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -249,9 +250,38 @@ def stop_ray() -> None:
 
 
 def start_local_ray(**options: Any) -> None:
-    """``ray.init`` of a new local Ray (never someone's `ray start`), tried again if it
-    times out while starting: Ray 2.60's raylet gives its dashboard agent a fixed 15 s
-    and aborts when an overloaded machine makes it miss that."""
+    """``ray.init`` of a new local Ray (never someone's `ray start`), from a thread that
+    lives as long as this process.
+
+    Ray ties the processes it starts to the *thread* that starts them (Linux sends a
+    parent-death signal when that thread ends): started from a short-lived thread
+    (``exoflow resume`` resumes in one, a notebook runs an event-waiting cell in one) its
+    end broke the cluster, and its dashboard and runtime-env agents outlived us.
+    """
+    if threading.current_thread() is threading.main_thread():
+        _start_local_ray(options)
+        return
+    started: dict[str, BaseException | None] = {}
+    ready = threading.Event()
+
+    def keeper() -> None:
+        try:
+            _start_local_ray(options)
+            started["error"] = None
+        except BaseException as exc:  # handed to the caller's thread
+            started["error"] = exc
+        ready.set()
+        threading.Event().wait()  # until the process exits
+
+    threading.Thread(target=keeper, name="exoflow-ray", daemon=True).start()
+    ready.wait()
+    if started["error"] is not None:
+        raise started["error"]
+
+
+def _start_local_ray(options: dict[str, Any]) -> None:
+    """Tried again if it times out while starting: Ray 2.60's raylet gives its dashboard
+    agent a fixed 15 s and aborts when an overloaded machine makes it miss that."""
     # Give the agents the raylet waits for more time than Ray's default on a busy machine.
     os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")
     for attempt in range(1, START_TRIES + 1):

@@ -20,6 +20,7 @@ import xml.etree.ElementTree as ET
 from datetime import datetime
 from pathlib import Path
 
+import psutil
 import pytest
 
 from exoflow_kernel.render import LEGEND
@@ -41,6 +42,21 @@ def exoflow(*args: str, store: Path | None = None, env: dict | None = None,
 def _env(extra: dict | None = None) -> dict:
     base = {k: v for k, v in os.environ.items() if k not in ("EXOFLOW_STORE", "NO_COLOR")}
     return {**base, "PYTHONPATH": str(ROOT), **(extra or {})}
+
+
+def marked_processes(mark: dict) -> list[psutil.Process]:
+    """Processes whose environment carries ``mark`` (one variable). Read raw: Ray's agents
+    retitle themselves over the start of their environment, which psutil then reads as empty."""
+    (name, value), = mark.items()
+    needle = f"\0{name}={value}\0".encode()
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if needle in b"\0" + Path(f"/proc/{proc.pid}/environ").read_bytes():
+                found.append(proc)
+        except OSError:  # gone, or not ours
+            continue
+    return found
 
 
 def ok_json(*args: str, store: Path) -> object:
@@ -350,8 +366,11 @@ def test_resume_finishes_a_killed_workflow_reusing_its_checkpoints(tmp_path, cou
     assert proc.returncode == -9, proc.stderr
     assert ok_json("status", "crashy", store=store)["status"] == "RESUMABLE"
 
-    proc = exoflow("resume", "crashy", store=store, timeout=300)
+    mark = {"EXOFLOW_TEST_MARK": str(tmp_path)}  # inherited by every process the CLI's Ray starts
+    proc = exoflow("resume", "crashy", store=store, env=mark, timeout=300)
     assert proc.returncode == 0, proc.stderr
+    _, alive = psutil.wait_procs(marked_processes(mark), timeout=30)
+    assert not alive, f"Ray processes `exoflow resume` started outlived it: {[p.name() for p in alive]}"
     lines = proc.stdout.splitlines()
     assert lines[-3] == "resume crashy: 5/5 tasks durable"  # plain progress lines, not a bar
     assert all(line.startswith("resume crashy: ") for line in lines[:-2])
