@@ -119,8 +119,9 @@ def _current_store() -> Store:
 def _ensure_ray(store: Store) -> None:
     from . import executor
 
-    executor.ensure_ray(_ray_address or os.environ.get("EXOFLOW_RAY_ADDRESS") or None)
-    store.refresh_leftovers()  # every run: Ray's agents may have started after ray.init returned
+    started = executor.ensure_ray(_ray_address or os.environ.get("EXOFLOW_RAY_ADDRESS") or None)
+    # Again on later runs: Ray's agents may have started after ray.init returned.
+    store.refresh_leftovers(at_most_every=0.0 if started else 2.0)
 
 
 def task(func: Callable | None = None, *, name: str | None = None, checkpoint: str | bool = "sync",

@@ -183,9 +183,10 @@ def blob_path(root: Path, workflow_id: str, task_id: str, run: int) -> Path:
     return root / quote(workflow_id, safe="") / f"{quote(task_id, safe='')}.r{run}.blob"
 
 
-def started_log(root: Path, workflow_id: str) -> Path:
-    """The append-only file where workers note each task they start."""
-    return root / quote(workflow_id, safe="") / "started.log"
+def started_log(root: Path, workflow_id: str, kind: str = "started") -> Path:
+    """The append-only file where workers note each task they start (or, for untracked
+    tasks, that nobody waits on to report, each one they end: ``kind="ended"``)."""
+    return root / quote(workflow_id, safe="") / f"{kind}.log"
 
 
 def read_started(root: Path, workflow_id: str) -> dict[str, set[int]]:

@@ -7,6 +7,9 @@ It keeps Ray busy and DuckDB cheap at the same time:
   wait here: idempotent effects (intent durable, upstream committed first),
   ``wait_until_committed``, events, and values still being verified on load;
 * **collect** the small meta results of finished tasks, as Ray reports them done;
+  a task that nothing needs to know about early (``checkpoint=False``, no effect,
+  nothing waits for its commit) runs *untracked*: no meta result, and it counts as
+  finished once a task downstream of it reports (Ray ran that one on its value);
 * **commit** every finished task whose upstream is durable, in one grouped
   transaction (:mod:`commit`) every ``COMMIT_INTERVAL`` at most, in
   topological order: so no downstream effect is ever durable before the
@@ -59,6 +62,7 @@ class TaskRun:
     intent_durable: bool = False
     replay: bool = False
     spec: executor.Spec | None = None
+    tracked: bool = True  # False: one Ray return, no report of its own (see executor.run_untracked)
 
     @property
     def options(self):
@@ -87,6 +91,7 @@ class Coordinator:
     error: ExoflowError | None = None
     canceled: bool = False
     remade: dict[str, int] = field(default_factory=dict)  # task -> times run again for a lost actor
+    awaited: set[str] = field(default_factory=set)  # names some task's wait_until_committed gives
 
     # -- set-up -------------------------------------------------------------------
 
@@ -97,11 +102,12 @@ class Coordinator:
     def _adopt(self, graph: Graph, plan: recovery.Plan) -> None:
         """Make the tasks of ``graph`` part of this run, as ``plan`` labels them."""
         self.ids.update(graph.ids)
+        self._await({name for t in graph.order() for name in graph.nodes[t].options.wait_until_committed})
         for task_id in graph.order():
             if task_id in self.tasks:
                 continue
             run = TaskRun(task_id, graph.nodes[task_id], plan.labels[task_id], phase="new",
-                          replay=task_id in plan.replay)
+                          replay=task_id in plan.replay, tracked=not self._untrackable(graph, task_id))
             run.intent_durable = task_id in self.snapshot.intents
             self.tasks[task_id] = run
             self.position[task_id] = len(self.position)
@@ -112,6 +118,28 @@ class Coordinator:
                 self._recover(run)
             else:
                 self._set_phase(run, "waiting")
+
+    def _untrackable(self, graph: Graph, task_id: str) -> bool:
+        """Whether a task can run untracked: nothing about it has to be durable, or known
+        to be, before something else may go on (its commit only draws the graph)."""
+        node, opts = graph.nodes[task_id], graph.nodes[task_id].options
+        if isinstance(node, EventNode) or task_id in self.results or checkpoint_mode(opts, False):
+            return False
+        if opts.effect or not opts.deterministic or opts.retry_exceptions or {task_id, node.task.name} & self.awaited:
+            return False
+        return all(graph.nodes[d].options.effect != "idempotent" for d in graph.downstream(task_id))
+
+    def _await(self, names: set[str]) -> None:
+        """Tasks now named by a wait_until_committed must be tracked; one already running
+        untracked (a continuation named it) gets a probe that reports when it ends."""
+        self.awaited |= names
+        for name in names:
+            for task_id in self._named((name,)):
+                run = self.tasks[task_id]
+                if not run.tracked:
+                    run.tracked = True
+                    if run.phase == "running":
+                        self._watch(executor.probe.remote(run.value), task_id, "probe")
 
     def _set_phase(self, run: TaskRun, phase: str) -> None:
         """Every phase change passes here, keeping the waiting/finished sets exact."""
@@ -260,8 +288,12 @@ class Coordinator:
                                  checkpoint_mode(opts, run.task_id in self.results), opts.effect,
                                  str(self.store.blobs))
         faults.point("dispatch", run.task_id)
-        run.value, meta_ref = executor.remote_for(run.node.task).remote(run.spec.to_wire(), *refs)
-        self._watch(meta_ref, run.task_id, "exec")
+        remote = executor.remote_for(run.node.task, run.tracked)
+        if run.tracked:
+            run.value, meta_ref = remote.remote(run.spec.to_wire(), *refs)
+            self._watch(meta_ref, run.task_id, "exec")
+        else:
+            run.value = remote.remote(run.spec.to_wire(), *refs)
         run.meta, run.persisted = None, None
         self._set_phase(run, "running")
 
@@ -318,7 +350,9 @@ class Coordinator:
         if meta.get("deferred"):
             run.value = None
             self._set_phase(run, "waiting")
+            self._take_report(meta)
             return
+        self._untracked_done(run.task_id)
         run.meta = meta
         if meta.get("continuation"):
             self._set_phase(run, "finished")
@@ -327,6 +361,43 @@ class Coordinator:
             self._watch(executor.persist.remote(run.value, run.spec.to_wire()), run.task_id, "persist")
         else:
             self._set_phase(run, "finished")
+
+    def _on_probe(self, run: TaskRun, meta: dict) -> None:
+        if meta.get("deferred"):
+            self._take_report(meta)
+        elif run.phase == "running":  # a report from downstream may have come first
+            self._untracked_done(run.task_id)
+            self._untracked_finished(run)
+
+    def _untracked_done(self, task_id: str) -> None:
+        """``task_id`` ran on real inputs, so the untracked tasks upstream of it have ended."""
+        stack = list(self.graph.upstream(task_id))
+        while stack:
+            run = self.tasks[stack.pop()]
+            if not run.tracked and run.phase == "running":
+                self._untracked_finished(run)
+                stack.extend(self.graph.upstream(run.task_id))
+
+    def _untracked_finished(self, run: TaskRun) -> None:
+        run.meta = {"writes": [], "started": None}  # when it started, only the start log knows
+        self._set_phase(run, "finished")
+
+    def _take_report(self, meta: dict) -> None:
+        """What a deferred task learned about untracked tasks upstream: continuations they
+        returned (expanded here, as a tracked task's own report would be), and which of
+        them passed a placeholder on (they run again, with the continuation's value)."""
+        for task_id, cont in meta.get("continued", ()):
+            run = self.tasks[task_id]
+            if run.phase == "running":  # not expanded yet
+                self._untracked_done(task_id)
+                run.meta = cont
+                self._set_phase(run, "finished")
+                self._expand(run, self._read_checkpoint_meta(cont))
+        for task_id in meta.get("via", ()):
+            run = self.tasks[task_id]
+            if run.phase == "running":
+                run.value = None
+                self._set_phase(run, "waiting")
 
     def _on_persist(self, run: TaskRun, meta: dict) -> None:
         if meta.get("deferred"):
@@ -358,6 +429,8 @@ class Coordinator:
         if self.error is not None:
             return  # downstream of the first failure: that one is the story
         cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause else exc
+        if isinstance(cause, executor.RaisedIn):  # an untracked task upstream raised: this one never ran
+            task_id, cause = cause.task_id, cause.error
         if isinstance(cause, ray.exceptions.RayActorError) and self._remake_actor(task_id, cause):
             return
         self._set_phase(self.tasks[task_id], "failed")

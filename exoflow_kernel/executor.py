@@ -68,9 +68,37 @@ class Spec:
 
 @dataclass(frozen=True)
 class Deferred:
-    """Value of a task that saw a continuation's placeholder: run it again later."""
+    """Value of a task that saw a continuation's placeholder: it runs again later.
+
+    An untracked task (:func:`run_untracked`) reports to nobody, so the placeholder
+    carries what the coordinator must learn about such tasks from the tracked task
+    that does report: ``via``, the untracked tasks it passed through (they run again
+    too), and ``continued``, ``(task_id, meta)`` of continuations they returned.
+    """
 
     task_id: str
+    via: tuple[str, ...] = ()
+    continued: tuple[tuple[str, dict], ...] = ()
+
+
+def deferred_inputs(values: tuple) -> list[Deferred]:
+    return [v for v in values if isinstance(v, Deferred)]
+
+
+def merged(task_id: str, markers: list[Deferred], via: tuple[str, ...] = ()) -> Deferred:
+    """One placeholder for everything ``markers`` say (each task named once)."""
+    names = tuple(dict.fromkeys(t for m in markers for t in m.via)) + via
+    continued = {t: meta for m in markers for t, meta in m.continued}
+    return Deferred(task_id, names, tuple(continued.items()))
+
+
+class RaisedIn(Exception):
+    """What an untracked task raised, with its id: the tracked task downstream, which
+    did not run, is the one whose failure the coordinator sees."""
+
+    def __init__(self, task_id: str, error: BaseException) -> None:
+        super().__init__(task_id, error)
+        self.task_id, self.error = task_id, error
 
 
 def fill(template: Any, values: tuple) -> Any:
@@ -87,22 +115,17 @@ def fill(template: Any, values: tuple) -> Any:
 
 
 def run_task(func: Callable, spec: Spec, *values: Any) -> tuple[Any, dict]:
-    """Body of every task: run the user's function, checkpoint, report."""
-    if any(isinstance(v, Deferred) for v in values):
-        return Deferred(spec.task_id), {"deferred": True}
+    """Body of every tracked task: run the user's function, checkpoint, report."""
+    markers = deferred_inputs(values)
+    if markers:
+        report = merged(spec.task_id, markers)
+        return Deferred(spec.task_id), {"deferred": True, "via": report.via, "continued": report.continued}
     reused = reuse_checkpoint(spec)
     if reused is not None:
         return reused
     started = time.time_ns() // 1000
-    note_started(spec)
     ctx = TaskContext(spec.workflow_id, spec.task_id, spec.attempt, spec.effect)
-    token = activate(ctx)
-    try:
-        value = func(*fill(spec.args, values), **fill(spec.kwargs, values))
-    finally:
-        deactivate(token)
-    if isinstance(value, ray.ObjectRef):
-        value = ray.get(value)  # the engine owns durable values, not a worker that may die
+    value = call(func, spec, values, ctx)
     meta: dict = {"writes": ctx.writes, "started": started}
     if isinstance(value, Continuation):
         meta.update(checkpoint_value(value, spec), continuation=True)
@@ -110,6 +133,39 @@ def run_task(func: Callable, spec: Spec, *values: Any) -> tuple[Any, dict]:
     if spec.checkpoint:
         meta.update(checkpoint_value(value, spec, to_file=spec.checkpoint == "sync"))
     return value, meta
+
+
+def run_untracked(func: Callable, spec: Spec, *values: Any) -> Any:
+    """Body of an untracked task (``checkpoint=False``, no effect, nothing waits for its
+    commit): one Ray return, its value, and no report. Ray tasks cost a third more with a
+    second return the coordinator has to wait for; this one's end is known when a tracked
+    task downstream of it reports, since Ray runs a task only once its inputs exist."""
+    markers = deferred_inputs(values)
+    if markers:
+        return merged(spec.task_id, markers, via=(spec.task_id,))
+    started = time.time_ns() // 1000
+    try:
+        value = call(func, spec, values, TaskContext(spec.workflow_id, spec.task_id, spec.attempt, None))
+    except Exception as exc:
+        raise RaisedIn(spec.task_id, exc) from None
+    if isinstance(value, Continuation):
+        meta = {**checkpoint_value(value, spec), "continuation": True, "writes": [], "started": started}
+        return Deferred(spec.task_id, (), ((spec.task_id, meta),))
+    note(spec, "ended", f"\t{started}")  # a live graph shows it done before anything downstream reports
+    return value
+
+
+def call(func: Callable, spec: Spec, values: tuple, ctx: TaskContext) -> Any:
+    """The user's function with its ``exo.context()``, after noting that it started."""
+    note(spec, "started")
+    token = activate(ctx)
+    try:
+        value = func(*fill(spec.args, values), **fill(spec.kwargs, values))
+    finally:
+        deactivate(token)
+    if isinstance(value, ray.ObjectRef):
+        value = ray.get(value)  # the engine owns durable values, not a worker that may die
+    return value
 
 
 def reuse_checkpoint(spec: Spec) -> tuple[Any, dict] | None:
@@ -135,24 +191,26 @@ def reuse_checkpoint(spec: Spec) -> tuple[Any, dict] | None:
     return value, meta
 
 
-_started_paths: dict[tuple[str, str], Path] = {}  # per worker process: folders made once
+_log_paths: dict[tuple[str, str, str], Path] = {}  # per worker process: folders made once
 
 
-def note_started(spec: Spec) -> None:
-    """Append "task, run" to the workflow's start log before the function runs.
+def note(spec: Spec, kind: str, extra: str = "") -> None:
+    """Append "task, run" to the workflow's start log before the function runs
+    (``kind="started"``), or "task, run, started" to its end log after an untracked one
+    returns (nothing else records when it ran).
 
     One small O_APPEND write (no fsync: it only has to survive the driver's
     death, not the machine's), so that after a crash recovery knows which tasks
     really started, without a DuckDB row per dispatch.
     """
-    path = _started_paths.get((spec.blob_root, spec.workflow_id))
+    path = _log_paths.get((spec.blob_root, spec.workflow_id, kind))
     if path is None:
-        path = blobs.started_log(Path(spec.blob_root), spec.workflow_id)
+        path = blobs.started_log(Path(spec.blob_root), spec.workflow_id, kind)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _started_paths[(spec.blob_root, spec.workflow_id)] = path
+        _log_paths[(spec.blob_root, spec.workflow_id, kind)] = path
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, f"{spec.task_id}\t{spec.run}\n".encode())
+        os.write(fd, f"{spec.task_id}\t{spec.run}{extra}\n".encode())
     finally:
         os.close(fd)
 
@@ -193,6 +251,14 @@ def persist(value: Any, wire: tuple) -> dict:
     return checkpoint_value(value, Spec.from_wire(wire, 0))
 
 
+@ray.remote
+def probe(value: Any) -> dict:
+    """Report the end of an untracked task that something now waits for (its value is here)."""
+    if isinstance(value, Deferred):
+        return {"deferred": True, "via": value.via, "continued": value.continued}
+    return {}
+
+
 @ray.remote(num_returns=2)
 def load(blob_root: str, location: str) -> tuple[Any, dict]:
     """Read a checkpoint back; report damage instead of failing downstream tasks."""
@@ -204,24 +270,26 @@ def load(blob_root: str, location: str) -> tuple[Any, dict]:
         return None, {"ok": False, "reason": f"it does not unpickle here ({type(exc).__name__}: {exc})"}
 
 
-_remotes: "weakref.WeakKeyDictionary[TaskFunction, Any]" = weakref.WeakKeyDictionary()
+_remotes: dict[bool, "weakref.WeakKeyDictionary[TaskFunction, Any]"] = {
+    True: weakref.WeakKeyDictionary(), False: weakref.WeakKeyDictionary()}
 
 
-def remote_for(task: TaskFunction) -> Any:
-    """The Ray remote function of a task: exported once, cheap to call again."""
-    remote = _remotes.get(task)
+def remote_for(task: TaskFunction, tracked: bool = True) -> Any:
+    """The Ray remote function of a task (tracked: value and meta; else the value only):
+    exported once, cheap to call again."""
+    remote = _remotes[tracked].get(task)
     if remote is None:
-        func, opts = task.func, task.task_options
+        func, opts, body_of = task.func, task.task_options, run_task if tracked else run_untracked
 
-        def body(wire: tuple, *values: Any) -> tuple[Any, dict]:
-            return run_task(func, Spec.from_wire(wire, len(values)), *values)
+        def body(wire: tuple, *values: Any) -> Any:
+            return body_of(func, Spec.from_wire(wire, len(values)), *values)
 
         body.__name__ = body.__qualname__ = getattr(func, "__name__", "task")
         # Options given to ray.remote itself are validated once; .options() would redo
         # that on every call (about a third of a submission's cost).
-        remote = ray.remote(num_returns=2, max_retries=opts.max_retries, retry_exceptions=opts.retry_exceptions,
-                            **opts.ray_options)(body)
-        _remotes[task] = remote
+        remote = ray.remote(num_returns=2 if tracked else 1, max_retries=opts.max_retries,
+                            retry_exceptions=opts.retry_exceptions, **opts.ray_options)(body)
+        _remotes[tracked][task] = remote
     return remote
 
 

@@ -65,6 +65,7 @@ with latest as (
 # Each task's graph-legend state, from its latest log row, the last run's plan labels
 # (recovery.py names them) and, while the workflow runs, the workers' start log.
 STATE = """case
+  when $live and coalesce(en.in_last, false) and not coalesce(l.run = (select run from last), false) then 'committed'
   when $live and coalesce(st.in_last, false)
        and not coalesce(l.run = (select run from last) and l.state <> 'failed', false) then 'running'
   when b.label in ('recovered', 'skipped') then b.label
@@ -80,13 +81,18 @@ DETAIL = """, count(distinct run) as dispatched,
   least(min(seq) filter (where state = 'running'), max(started)) as started,
   max(seq) filter (where state in ('committed', 'continued', 'done', 'failed')) as ended,
   arg_max(size, seq) filter (where state in ('committed', 'continued')) as size"""
-# The start log (``task\trun`` lines) as a table; a torn last line is skipped.
-STARTED = """select task_id, run from read_csv($log, delim = '\t', header = false, auto_detect = false,
+# A start (or end) log, ``task\trun`` lines, as a table; a torn last line is skipped.
+STARTED = """select task_id, run from read_csv($started, delim = '\t', header = false, auto_detect = false,
   columns = {'task_id': 'varchar', 'run': 'integer'}, ignore_errors = true) where run is not null"""
 NO_STARTED = "select null::varchar as task_id, null::integer as run where false"
+# The end log of untracked tasks: ``task\trun\tstarted`` (µs since the epoch).
+ENDED = """select task_id, run, started from read_csv($ended, delim = '\t', header = false, auto_detect = false,
+  columns = {'task_id': 'varchar', 'run': 'integer', 'started': 'bigint'}, ignore_errors = true)
+  where started is not null"""
+NO_ENDED = "select null::varchar as task_id, null::integer as run, null::bigint as started where false"
 
 
-def states_query(started: str, detail: bool) -> str:
+def states_query(started: str, detail: bool, ended: str = NO_ENDED) -> str:
     """``with ... states as (pos, task_id, name, checkpoint, effect, state[, detail])``."""
     return f"""
 with last as (select coalesce(max(run), 0) as run from exoflow.runs where workflow_id = $wf)
@@ -99,12 +105,15 @@ with last as (select coalesce(max(run), 0) as run from exoflow.runs where workfl
 , started as (
   select task_id, count(distinct run) as runs, bool_or(run = (select run from last)) as in_last
   from ({started}) group by task_id)
+, ended as (select task_id, run, max(started) as started, true as in_last from ({ended}) group by all)
 , states as (
   select t.rowid as pos, t.task_id, t.name, t.checkpoint, t.effect, {STATE} as state
-         {", greatest(coalesce(st.runs, 0), coalesce(l.dispatched, 0)) as attempts, l.started, l.ended, l.size"
+         {", greatest(coalesce(st.runs, 0), coalesce(l.dispatched, 0)) as attempts, coalesce(l.started, er.started) as started, l.ended, l.size"
           if detail else ""}
   from exoflow.tasks t left join latest l using (task_id) left join labels b using (task_id)
        left join started st using (task_id)
+       left join ended en on en.task_id = t.task_id and en.run = (select run from last)
+       left join ended er on er.task_id = t.task_id and er.run = l.run
   where t.workflow_id = $wf)
 """
 
@@ -151,6 +160,7 @@ class Store:
         self.con: duckdb.DuckDBPyConnection | None = None
         self.server: own.OwnerServer | None = None
         self.owner: own.OwnerInfo | None = None
+        self._leftovers_at = float("-inf")  # when refresh_leftovers last listed them
         # Set by the layer that runs workflows (ground floor must not import it).
         self.live: Callable[[], list[str]] = list
         self.on_event: Callable[[str], None] = lambda workflow_id: None
@@ -239,9 +249,13 @@ class Store:
         if self._bury_dead_owner() is None:
             own.write_owner(self.root, self.owner)
 
-    def refresh_leftovers(self) -> None:
-        """Record our Ray child processes, so a successor can clean them up."""
+    def refresh_leftovers(self, at_most_every: float = 0.0) -> None:
+        """Record our Ray child processes, so a successor can clean them up (listing
+        them costs ~3 ms: a caller that asks on every run asks for ``at_most_every``)."""
         if self.mode == "owner" and self.owner is not None:
+            if time.monotonic() - self._leftovers_at < at_most_every:
+                return
+            self._leftovers_at = time.monotonic()
             self.owner.leftovers = own.ray_descendants()
             own.write_owner(self.root, self.owner)
 
@@ -412,11 +426,15 @@ class Store:
 
     def _states(self, workflow_id: str, live: bool, detail: bool, select: str) -> list[tuple]:
         params: dict[str, Any] = {"wf": workflow_id, "live": live}
-        log = blobs.started_log(self.blobs, workflow_id)
-        started = NO_STARTED
-        if (live or detail) and log.exists():  # attempts and "running" need it; counts of a stopped run do not
-            started, params["log"] = STARTED, str(log)
-        return self.query(states_query(started, detail) + select, params)
+        logs = {}
+        # Attempts and "running" need the start log; untracked tasks' states and start times,
+        # the end log; counts of a stopped run need neither.
+        for kind, query, none in (("started", STARTED, NO_STARTED), ("ended", ENDED, NO_ENDED)):
+            log = blobs.started_log(self.blobs, workflow_id, kind)
+            logs[kind] = none
+            if (live or detail) and log.exists():
+                logs[kind], params[kind] = query, str(log)
+        return self.query(states_query(logs["started"], detail, logs["ended"]) + select, params)
 
     # -- events ------------------------------------------------------------------------
 

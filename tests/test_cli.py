@@ -384,6 +384,58 @@ def test_resume_finishes_a_killed_workflow_reusing_its_checkpoints(tmp_path, cou
     assert ok_json("status", "crashy", store=store)["status"] == "SUCCESSFUL"
 
 
+OFF_CHAIN_DRIVER = """
+import os, signal, time
+import exoflow_kernel as exo
+
+exo.init()
+COUNTS, MARKER = {counts!r}, {marker!r}
+
+def tally(name):
+    with open(os.path.join(COUNTS, name), "a") as f:
+        f.write("x\\n")
+
+@exo.task(checkpoint=False)
+def a():
+    tally("a")
+    return 1
+
+@exo.task
+def b(x):
+    tally("b")
+    return x + 1
+
+@exo.task(checkpoint=False)
+def c(x):
+    tally("c")
+    return x * 10
+
+@exo.task(wait_until_committed=("b",))
+def d(driver_pid, x):
+    tally("d")
+    if not os.path.exists(MARKER):  # first run only: kill the driver mid-workflow
+        open(MARKER, "w").close()
+        os.kill(driver_pid, signal.SIGKILL)
+        time.sleep(60)
+    return x + 5
+
+exo.run(d.bind(os.getpid(), c.bind(b.bind(a.bind()))), workflow_id="offchain")
+"""
+
+
+def test_resume_reruns_a_checkpoint_false_task_only_when_something_needs_its_value(tmp_path, counter_dir):
+    # a and c run untracked (checkpoint=False): a commits with b, c has not when d kills the driver.
+    store = tmp_path / "store"
+    proc = run_script(OFF_CHAIN_DRIVER.format(counts=str(counter_dir), marker=str(tmp_path / "crashed")), store)
+    assert proc.returncode == -9, proc.stderr
+    proc = exoflow("resume", "offchain", store=store, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "result: 25"
+    assert {n: count(counter_dir, n) for n in "abcd"} == {"a": 1, "b": 1, "c": 2, "d": 2}
+    states = {r["task_id"]: r["state"] for r in ok_json("lineage", "offchain", store=store)}
+    assert states == {"a": "skipped", "b": "recovered", "c": "re-executed", "d": "re-executed"}, states
+
+
 # -- reading while another process owns the store and commits -----------------------------
 
 STAGES, WIDTH = 5, 60

@@ -249,6 +249,79 @@ def test_a_root_without_checkpoint_still_keeps_the_result(store, counter_dir):
     assert count(counter_dir, "root") == 1
 
 
+# -- checkpoint=False tasks run untracked: no report of their own ------------------------
+
+
+@exo.task(checkpoint=False)
+def off(counter_dir, name, value):
+    tick(counter_dir, name)
+    return value
+
+
+@exo.task(checkpoint=False)
+def off_split(counter_dir, n):
+    """Returns a continuation, which nobody but a tracked task downstream hears of."""
+    tick(counter_dir, "split")
+    return exo.continuation(add.bind(counted.bind(counter_dir, "half", n // 2), off.bind(counter_dir, "rest", n - n // 2)))
+
+
+def test_a_continuation_from_an_untracked_task_reaches_past_untracked_tasks(store, counter_dir):
+    # off_split -> off (untracked, gets the placeholder first) -> add (tracked, reports both)
+    node = add.bind(off.bind(counter_dir, "middle", off_split.bind(counter_dir, 7)), 100)
+    assert exo.run(node, workflow_id="cont-off") == 107
+    assert [count(counter_dir, n) for n in ("split", "half", "rest", "middle")] == [1, 1, 1, 1]
+    states = {r.task_id: r.state for r in exo.lineage("cont-off")}
+    assert states == dict.fromkeys(["off_split", "off_split/counted", "off_split/off", "off_split/add", "off", "add"],
+                                   "committed"), states
+    assert all(r.started_at is not None and r.started_at <= r.finished_at for r in exo.lineage("cont-off"))
+    assert exo.run(node, workflow_id="cont-off") == 107
+    assert count(counter_dir, "middle") == 1
+
+
+def test_an_untracked_task_that_raises_is_the_one_reported(store):
+    @exo.task(checkpoint=False)
+    def boom(x):
+        raise ValueError(f"boom {x}")
+
+    with pytest.raises(exo.WorkflowFailedError, match=r"'boom'.*ValueError: boom 7"):
+        exo.run(add.bind(boom.bind(7), 1), workflow_id="boom")
+    assert {r.task_id: r.state for r in exo.lineage("boom")} == {"boom": "failed", "add": "pending"}
+
+
+def test_a_live_graph_shows_an_untracked_task_done_before_anything_downstream_reports(store, counter_dir):
+    future = exo.run_async(add.bind(off.bind(counter_dir, "early", 1), exo.wait_for_event("go")), workflow_id="live-off")
+    deadline = time.time() + 60
+    while time.time() < deadline and {r.task_id: r.state for r in exo.lineage("live-off")}.get("off") != "committed":
+        time.sleep(0.05)
+    states = {r.task_id: r.state for r in exo.lineage("live-off")}
+    assert states["off"] == "committed" and states["add"] == "pending", states
+    assert exo.sql("select count(*) from exoflow.task_log where workflow_id = 'live-off'") == [(0,)]  # no row yet
+    exo.send_event("live-off", "go", 2)
+    assert future.result(timeout=60) == 3
+    assert count(counter_dir, "early") == 1
+
+
+@exo.task
+def spawn_waiter(counter_dir):
+    """Its continuation waits for a task of the parent graph that runs untracked."""
+    return exo.continuation(counted.options(name="waiter", wait_until_committed=("slow_off",)).bind(counter_dir, "waiter", 2))
+
+
+def test_wait_until_committed_from_a_continuation_waits_for_an_untracked_task(store, counter_dir):
+    @exo.task(checkpoint=False, name="slow_off")
+    def slow_off(counter_dir):
+        time.sleep(1.0)
+        tick(counter_dir, "slow_off")
+        return 1
+
+    # Only `add` is downstream of slow_off, and add needs the waiter: the waiter must
+    # learn of slow_off's end some other way (a probe), or the run would hang.
+    assert exo.run(add.bind(slow_off.bind(counter_dir), spawn_waiter.bind(counter_dir)), workflow_id="wuc-off") == 3
+    recs = {r.task_id: r for r in exo.lineage("wuc-off")}
+    assert recs["spawn_waiter/waiter"].started_at >= recs["slow_off"].finished_at
+    assert (count(counter_dir, "slow_off"), count(counter_dir, "waiter")) == (1, 1)
+
+
 def test_a_growing_workflow_reruns_only_what_changed(store, counter_dir):
     a = counted.options(name="a").bind(counter_dir, "a", 1)
     b = counted.options(name="b").bind(counter_dir, "b", 2)
