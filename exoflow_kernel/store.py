@@ -113,7 +113,7 @@ with last as (select coalesce(max(run), 0) as run from exoflow.runs where workfl
   from exoflow.tasks t left join latest l using (task_id) left join labels b using (task_id)
        left join started st using (task_id)
        left join ended en on en.task_id = t.task_id and en.run = (select run from last)
-       left join ended er on er.task_id = t.task_id and er.run = l.run
+       left join ended er on er.task_id = t.task_id and er.run = coalesce(l.run, (select run from last))
   where t.workflow_id = $wf)
 """
 

@@ -295,6 +295,7 @@ def test_a_live_graph_shows_an_untracked_task_done_before_anything_downstream_re
         time.sleep(0.05)
     states = {r.task_id: r.state for r in exo.lineage("live-off")}
     assert states["off"] == "committed" and states["add"] == "pending", states
+    assert {r.task_id: r for r in exo.lineage("live-off")}["off"].started_at is not None
     assert exo.sql("select count(*) from exoflow.task_log where workflow_id = 'live-off'") == [(0,)]  # no row yet
     exo.send_event("live-off", "go", 2)
     assert future.result(timeout=60) == 3
