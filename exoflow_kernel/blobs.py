@@ -183,7 +183,7 @@ def blob_path(root: Path, workflow_id: str, task_id: str, run: int) -> Path:
     return root / quote(workflow_id, safe="") / f"{quote(task_id, safe='')}.r{run}.blob"
 
 
-def started_log(root: Path, workflow_id: str, kind: str = "started") -> Path:
+def worker_log(root: Path, workflow_id: str, kind: str = "started") -> Path:
     """The append-only file where workers note each task they start (or, for untracked
     tasks, that nobody waits on to report, each one they end: ``kind="ended"``)."""
     return root / quote(workflow_id, safe="") / f"{kind}.log"
@@ -193,7 +193,7 @@ def read_started(root: Path, workflow_id: str) -> dict[str, set[int]]:
     """task_id -> runs in which it started (a torn last line is ignored)."""
     out: dict[str, set[int]] = {}
     try:
-        text = started_log(root, workflow_id).read_text()
+        text = worker_log(root, workflow_id).read_text()
     except FileNotFoundError:
         return out
     for line in text.splitlines():

@@ -205,7 +205,7 @@ def note(spec: Spec, kind: str, extra: str = "") -> None:
     """
     path = _log_paths.get((spec.blob_root, spec.workflow_id, kind))
     if path is None:
-        path = blobs.started_log(Path(spec.blob_root), spec.workflow_id, kind)
+        path = blobs.worker_log(Path(spec.blob_root), spec.workflow_id, kind)
         path.parent.mkdir(parents=True, exist_ok=True)
         _log_paths[(spec.blob_root, spec.workflow_id, kind)] = path
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

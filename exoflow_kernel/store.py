@@ -430,7 +430,7 @@ class Store:
         # Attempts and "running" need the start log; untracked tasks' states and start times,
         # the end log; counts of a stopped run need neither.
         for kind, query, none in (("started", STARTED, NO_STARTED), ("ended", ENDED, NO_ENDED)):
-            log = blobs.started_log(self.blobs, workflow_id, kind)
+            log = blobs.worker_log(self.blobs, workflow_id, kind)
             logs[kind] = none
             if (live or detail) and log.exists():
                 logs[kind], params[kind] = query, str(log)
