@@ -92,6 +92,8 @@ class Coordinator:
     canceled: bool = False
     remade: dict[str, int] = field(default_factory=dict)  # task -> times run again for a lost actor
     awaited: set[str] = field(default_factory=set)  # names some task's wait_until_committed gives
+    held: bool = False  # a waiting task has its inputs and waits only for upstream durability
+    fresh: bool = False  # a task finished since the last commit
 
     # -- set-up -------------------------------------------------------------------
 
@@ -149,6 +151,7 @@ class Coordinator:
                 del members[run.task_id]
             elif phase == name and old != name:
                 members[run.task_id] = None
+        self.fresh = self.fresh or phase == "finished"
         if phase == "durable" and old != "durable":
             self.open_tasks -= 1
         elif old == "durable" and phase != "durable":  # run again (its output held a lost actor)
@@ -229,11 +232,17 @@ class Coordinator:
 
     def _commit_due(self) -> bool:
         """Group commits: at most every COMMIT_INTERVAL, unless someone waits on durability."""
-        if self.batch.intents or self.error or not self.pending:
+        if self.batch.intents or self.error or not self.pending or self._durability_wanted():
             return True
         return time.monotonic() - self.last_commit >= COMMIT_INTERVAL
 
+    def _durability_wanted(self) -> bool:
+        """A task waits only for finished tasks to be durable (an idempotent effect after
+        its upstream, a wait_until_committed): committing now saves it the interval."""
+        return self.held and self.fresh
+
     def _dispatch_ready(self) -> None:
+        self.held = False
         for task_id in list(self.waiting):
             run = self.tasks[task_id]
             if run.phase != "waiting" or not self._ready(run):
@@ -253,9 +262,10 @@ class Coordinator:
         if any(self._value(u) is None for u in ups):
             return False
         strict = run.options.effect == "idempotent"
-        if strict and not all(self._durable(u) for u in ups):
-            return False
-        return all(self._durable(t) for t in self._named(run.options.wait_until_committed))
+        ready = not (strict and not all(self._durable(u) for u in ups)) and all(
+            self._durable(t) for t in self._named(run.options.wait_until_committed))
+        self.held = self.held or not ready
+        return ready
 
     def _named(self, names: tuple[str, ...]) -> list[str]:
         out = []
@@ -336,7 +346,7 @@ class Coordinator:
             self.wakeup.clear()
             return
         refs = list(itertools.islice(self.pending, WAIT_WINDOW))
-        timeout = max(0.0, COMMIT_INTERVAL - (time.monotonic() - self.last_commit))
+        timeout = 0.0 if self._durability_wanted() else max(0.0, COMMIT_INTERVAL - (time.monotonic() - self.last_commit))
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=True)
         for ref, outcome in zip(ready, _get_each(ready)):
             task_id, kind = self.pending.pop(ref)
@@ -515,6 +525,7 @@ class Coordinator:
     # -- committing --------------------------------------------------------------------
 
     def _commit(self) -> None:
+        self.fresh = False
         committing: dict[str, None] = {}
         for task_id in sorted(self.finished, key=self.position.__getitem__):
             if all(u in committing or self._durable(u) for u in self._commit_deps(task_id)):
