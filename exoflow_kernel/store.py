@@ -65,8 +65,7 @@ with latest as (
 # Each task's graph-legend state, from its latest log row, the last run's plan labels
 # (recovery.py names them) and, while the workflow runs, the workers' start log.
 STATE = """case
-  when $live and coalesce(en.in_last, false) and not coalesce(l.run = (select run from last), false) then 'committed'
-  when $live and coalesce(st.in_last, false)
+  {ended}when $live and coalesce(st.in_last, false)
        and not coalesce(l.run = (select run from last) and l.state <> 'failed', false) then 'running'
   when b.label in ('recovered', 'skipped') then b.label
   when l.state in ('committed', 'continued', 'done') then
@@ -76,6 +75,8 @@ STATE = """case
   when b.label in ('ambiguous', 'stale') then b.label
   else 'pending'
 end"""
+# An untracked task that ended in the run under way and has no row of it yet (end log).
+ENDED_STATE = "when $live and en.in_last and not coalesce(l.run = (select run from last), false) then 'committed'\n  "
 # What ``lineage`` adds per task to what the state needs (``state_counts`` skips it).
 DETAIL = """, count(distinct run) as dispatched,
   least(min(seq) filter (where state = 'running'), max(started)) as started,
@@ -89,11 +90,15 @@ NO_STARTED = "select null::varchar as task_id, null::integer as run where false"
 ENDED = """select task_id, run, started from read_csv($ended, delim = '\t', header = false, auto_detect = false,
   columns = {'task_id': 'varchar', 'run': 'integer', 'started': 'bigint'}, ignore_errors = true)
   where started is not null"""
-NO_ENDED = "select null::varchar as task_id, null::integer as run, null::bigint as started where false"
+ENDED_JOINS = """
+       left join ended en on en.task_id = t.task_id and en.run = (select run from last)
+       left join ended er on er.task_id = t.task_id and er.run = coalesce(l.run, (select run from last))"""
 
 
-def states_query(started: str, detail: bool, ended: str = NO_ENDED) -> str:
-    """``with ... states as (pos, task_id, name, checkpoint, effect, state[, detail])``."""
+def states_query(started: str, detail: bool, ended: str | None = None) -> str:
+    """``with ... states as (pos, task_id, name, checkpoint, effect, state[, detail])``; the
+    end log's CTE and joins only when there is one (they cost a 1-task lineage ~4 ms)."""
+    start = "coalesce(l.started, er.started)" if ended else "l.started"
     return f"""
 with last as (select coalesce(max(run), 0) as run from exoflow.runs where workflow_id = $wf)
 , latest as (
@@ -105,15 +110,14 @@ with last as (select coalesce(max(run), 0) as run from exoflow.runs where workfl
 , started as (
   select task_id, count(distinct run) as runs, bool_or(run = (select run from last)) as in_last
   from ({started}) group by task_id)
-, ended as (select task_id, run, max(started) as started, true as in_last from ({ended}) group by all)
+{f", ended as (select task_id, run, max(started) as started, true as in_last from ({ended}) group by all)" if ended else ""}
 , states as (
-  select t.rowid as pos, t.task_id, t.name, t.checkpoint, t.effect, {STATE} as state
-         {", greatest(coalesce(st.runs, 0), coalesce(l.dispatched, 0)) as attempts, coalesce(l.started, er.started) as started, l.ended, l.size"
+  select t.rowid as pos, t.task_id, t.name, t.checkpoint, t.effect,
+         {STATE.format(ended=ENDED_STATE if ended else "")} as state
+         {f", greatest(coalesce(st.runs, 0), coalesce(l.dispatched, 0)) as attempts, {start} as started, l.ended, l.size"
           if detail else ""}
   from exoflow.tasks t left join latest l using (task_id) left join labels b using (task_id)
-       left join started st using (task_id)
-       left join ended en on en.task_id = t.task_id and en.run = (select run from last)
-       left join ended er on er.task_id = t.task_id and er.run = coalesce(l.run, (select run from last))
+       left join started st using (task_id){ENDED_JOINS if ended else ""}
   where t.workflow_id = $wf)
 """
 
@@ -429,7 +433,7 @@ class Store:
         logs = {}
         # Attempts and "running" need the start log; untracked tasks' states and start times,
         # the end log; counts of a stopped run need neither.
-        for kind, query, none in (("started", STARTED, NO_STARTED), ("ended", ENDED, NO_ENDED)):
+        for kind, query, none in (("started", STARTED, NO_STARTED), ("ended", ENDED, None)):
             log = blobs.worker_log(self.blobs, workflow_id, kind)
             logs[kind] = none
             if (live or detail) and log.exists():
