@@ -342,9 +342,10 @@ class Coordinator:
         than a callback per ref, and it never rescans a huge pending set.
         """
         if not self.pending:
-            self.wakeup.wait(timeout=COMMIT_INTERVAL if self.batch else 0.5)
-            self.wakeup.clear()
-            return
+            if not self.batch:  # nothing to commit either: wait for an event or a cancel
+                self.wakeup.wait(timeout=0.5)
+                self.wakeup.clear()
+            return  # else commit at once: with nothing running, nothing would join the batch
         refs = list(itertools.islice(self.pending, WAIT_WINDOW))
         timeout = 0.0 if self._durability_wanted() else max(0.0, COMMIT_INTERVAL - (time.monotonic() - self.last_commit))
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=True)
