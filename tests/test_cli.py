@@ -325,7 +325,8 @@ def test_resume_of_a_finished_workflow_gives_its_stored_result(made):
 
 # -- resume after a driver was killed ----------------------------------------------------
 
-CRASHING_DRIVER = """
+# A driver script's head: counts executions, and kills its own driver once (a marker file).
+DRIVER_HEAD = """
 import os, signal, time
 import exoflow_kernel as exo
 
@@ -336,6 +337,13 @@ def tally(name):
     with open(os.path.join(COUNTS, name), "a") as f:
         f.write("x\\n")
 
+def kill_driver_once(driver_pid):
+    if not os.path.exists(MARKER):  # first run only: kill the driver mid-workflow
+        open(MARKER, "w").close()
+        os.kill(driver_pid, signal.SIGKILL)
+        time.sleep(60)
+"""
+CRASHING_DRIVER = DRIVER_HEAD + """
 @exo.task
 def pre(i):
     tally("pre")
@@ -344,10 +352,7 @@ def pre(i):
 @exo.task(wait_until_committed=("pre",))
 def crash(driver_pid, *xs):
     tally("crash")
-    if not os.path.exists(MARKER):  # first run only: kill the driver mid-workflow
-        open(MARKER, "w").close()
-        os.kill(driver_pid, signal.SIGKILL)
-        time.sleep(60)
+    kill_driver_once(driver_pid)
     return sum(xs)
 
 @exo.task
@@ -384,17 +389,7 @@ def test_resume_finishes_a_killed_workflow_reusing_its_checkpoints(tmp_path, cou
     assert ok_json("status", "crashy", store=store)["status"] == "SUCCESSFUL"
 
 
-OFF_CHAIN_DRIVER = """
-import os, signal, time
-import exoflow_kernel as exo
-
-exo.init()
-COUNTS, MARKER = {counts!r}, {marker!r}
-
-def tally(name):
-    with open(os.path.join(COUNTS, name), "a") as f:
-        f.write("x\\n")
-
+OFF_CHAIN_DRIVER = DRIVER_HEAD + """
 @exo.task(checkpoint=False)
 def a():
     tally("a")
@@ -413,10 +408,7 @@ def c(x):
 @exo.task(wait_until_committed=("b",))
 def d(driver_pid, x):
     tally("d")
-    if not os.path.exists(MARKER):  # first run only: kill the driver mid-workflow
-        open(MARKER, "w").close()
-        os.kill(driver_pid, signal.SIGKILL)
-        time.sleep(60)
+    kill_driver_once(driver_pid)
     return x + 5
 
 exo.run(d.bind(os.getpid(), c.bind(b.bind(a.bind()))), workflow_id="offchain")
