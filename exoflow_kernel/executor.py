@@ -3,7 +3,8 @@
 Each task runs as one Ray task with two returns: its *value* (handed to
 downstream tasks as an ObjectRef, never through the driver) and a small *meta*
 dict the coordinator waits on to commit (checkpoint location or inline bytes,
-transactional rows). A sync checkpoint is written here, by the worker that
+transactional rows); an untracked task (:func:`run_untracked`) has the value
+only. A sync checkpoint is written here, by the worker that
 made the value, before the task returns; an async one by a separate Ray task
 (:func:`persist`) that runs off the critical path; a recovered value is read
 back by :func:`load`, also in a worker.
