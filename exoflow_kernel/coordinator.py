@@ -262,7 +262,7 @@ class Coordinator:
         if any(self._value(u) is None for u in ups):
             return False
         strict = run.options.effect == "idempotent"
-        ready = not (strict and not all(self._durable(u) for u in ups)) and all(
+        ready = (not strict or all(self._durable(u) for u in ups)) and all(
             self._durable(t) for t in self._named(run.options.wait_until_committed))
         self.held = self.held or not ready
         return ready
